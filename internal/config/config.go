@@ -1,0 +1,246 @@
+// Package config holds every setting of every Tally component. Each setting is
+// read from an environment variable and may be overridden by the flag of the
+// same meaning; flags win over the environment, the environment wins over the
+// default. The README lists them all (a test keeps it so).
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the configuration of one tally process. The zero value is not
+// useful; use Default or Load.
+type Config struct {
+	// DatabaseURL is the PostgreSQL connection string (pgx syntax, so pool
+	// settings such as pool_max_conns go in its query).
+	DatabaseURL string
+	// KafkaBrokers are the seed brokers. `tally dev` ignores it and talks to
+	// its embedded broker.
+	KafkaBrokers []string
+	// HTTPAddr is where the API (for `tally api`) and the operational
+	// endpoints /metrics, /livez and /readyz (for every component) listen.
+	HTTPAddr string
+	// DevKafkaAddr is where `tally dev` serves its embedded Kafka broker.
+	DevKafkaAddr string
+	// DataDir is where `tally dev` keeps the embedded broker's log.
+	DataDir string
+
+	LogLevel  slog.Level
+	LogFormat string // "text" or "json"
+
+	// EventRetention is how long published events stay in the outbox table,
+	// which is also the audit trail. Zero keeps them forever.
+	EventRetention time.Duration
+	// IdempotencyTTL is how long an Idempotency-Key and its stored response
+	// are kept.
+	IdempotencyTTL time.Duration
+	// MaxBodyBytes bounds the size of an HTTP request body.
+	MaxBodyBytes int64
+
+	// RelayBatchSize is the most events the relay reads per shard per query.
+	RelayBatchSize int
+	// RelayPollInterval is the relay's fallback poll when no notification
+	// arrives; notifications, not this, keep latency low.
+	RelayPollInterval time.Duration
+
+	// TopicReplication is the replication factor `tally topics apply` asks
+	// for; -1 takes the broker's default.
+	TopicReplication int
+
+	// ShutdownTimeout bounds a graceful stop after SIGTERM or SIGINT.
+	ShutdownTimeout time.Duration
+}
+
+// Default returns the defaults, the values used when neither the environment
+// nor a flag says otherwise.
+func Default() Config {
+	return Config{
+		DatabaseURL:       "postgres://postgres@127.0.0.1:5432/tally?sslmode=disable",
+		KafkaBrokers:      []string{"127.0.0.1:9092"},
+		HTTPAddr:          "127.0.0.1:8080",
+		DevKafkaAddr:      "127.0.0.1:9092",
+		DataDir:           ".tally",
+		LogLevel:          slog.LevelInfo,
+		LogFormat:         "text",
+		EventRetention:    0,
+		IdempotencyTTL:    24 * time.Hour,
+		MaxBodyBytes:      1 << 20,
+		RelayBatchSize:    1000,
+		RelayPollInterval: time.Second,
+		TopicReplication:  -1,
+		ShutdownTimeout:   20 * time.Second,
+	}
+}
+
+// Setting describes one configuration knob: its environment variable, its
+// flag and how it is parsed into a Config.
+type Setting struct {
+	Env   string
+	Flag  string
+	Usage string
+	get   func(*Config) string
+	set   func(*Config, string) error
+}
+
+// Settings lists every setting, in the order the README documents them.
+func Settings() []Setting { return settings }
+
+var settings = []Setting{
+	{"DATABASE_URL", "database-url", "PostgreSQL connection string",
+		func(c *Config) string { return c.DatabaseURL },
+		func(c *Config, v string) error {
+			u, err := url.Parse(v)
+			if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+				return errors.New("want a postgres:// URL")
+			}
+			c.DatabaseURL = v
+			return nil
+		}},
+	{"KAFKA_BROKERS", "kafka-brokers", "comma-separated Kafka seed brokers (host:port)",
+		func(c *Config) string { return strings.Join(c.KafkaBrokers, ",") },
+		func(c *Config, v string) error {
+			var bs []string
+			for _, b := range strings.Split(v, ",") {
+				b = strings.TrimSpace(b)
+				if b == "" {
+					continue
+				}
+				if err := checkAddr(b); err != nil {
+					return err
+				}
+				bs = append(bs, b)
+			}
+			if len(bs) == 0 {
+				return errors.New("want at least one host:port")
+			}
+			c.KafkaBrokers = bs
+			return nil
+		}},
+	{"TALLY_HTTP_ADDR", "http-addr", "listen address of the API and of /metrics, /livez, /readyz",
+		func(c *Config) string { return c.HTTPAddr },
+		func(c *Config, v string) error { c.HTTPAddr = v; return checkAddr(v) }},
+	{"TALLY_DEV_KAFKA_ADDR", "dev-kafka-addr", "listen address of the embedded Kafka broker of `tally dev`",
+		func(c *Config) string { return c.DevKafkaAddr },
+		func(c *Config, v string) error { c.DevKafkaAddr = v; return checkAddr(v) }},
+	{"TALLY_DATA_DIR", "data-dir", "data folder of `tally dev` (the embedded broker's log)",
+		func(c *Config) string { return c.DataDir },
+		func(c *Config, v string) error {
+			if v == "" {
+				return errors.New("must not be empty")
+			}
+			c.DataDir = v
+			return nil
+		}},
+	{"TALLY_LOG_LEVEL", "log-level", "debug, info, warn or error",
+		func(c *Config) string { return strings.ToLower(c.LogLevel.String()) },
+		func(c *Config, v string) error { return c.LogLevel.UnmarshalText([]byte(v)) }},
+	{"TALLY_LOG_FORMAT", "log-format", "text or json",
+		func(c *Config) string { return c.LogFormat },
+		func(c *Config, v string) error {
+			if v != "text" && v != "json" {
+				return errors.New("want text or json")
+			}
+			c.LogFormat = v
+			return nil
+		}},
+	{"TALLY_EVENT_RETENTION", "event-retention", "how long published events stay in PostgreSQL as the audit trail (0 keeps them forever)",
+		func(c *Config) string { return c.EventRetention.String() },
+		func(c *Config, v string) error { return parseDuration(v, 0, &c.EventRetention) }},
+	{"TALLY_IDEMPOTENCY_TTL", "idempotency-ttl", "how long Idempotency-Key responses are kept",
+		func(c *Config) string { return c.IdempotencyTTL.String() },
+		func(c *Config, v string) error { return parseDuration(v, time.Minute, &c.IdempotencyTTL) }},
+	{"TALLY_MAX_BODY_BYTES", "max-body-bytes", "largest accepted HTTP request body, in bytes",
+		func(c *Config) string { return strconv.FormatInt(c.MaxBodyBytes, 10) },
+		func(c *Config, v string) error {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 1024 {
+				return errors.New("want an integer of at least 1024")
+			}
+			c.MaxBodyBytes = n
+			return nil
+		}},
+	{"TALLY_RELAY_BATCH_SIZE", "relay-batch-size", "most events the relay reads per shard per query",
+		func(c *Config) string { return strconv.Itoa(c.RelayBatchSize) },
+		func(c *Config, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 100000 {
+				return errors.New("want an integer from 1 to 100000")
+			}
+			c.RelayBatchSize = n
+			return nil
+		}},
+	{"TALLY_RELAY_POLL_INTERVAL", "relay-poll-interval", "relay's fallback poll when no notification arrives",
+		func(c *Config) string { return c.RelayPollInterval.String() },
+		func(c *Config, v string) error { return parseDuration(v, time.Millisecond, &c.RelayPollInterval) }},
+	{"TALLY_TOPIC_REPLICATION", "topic-replication", "replication factor for `tally topics apply` (-1: the broker's default)",
+		func(c *Config) string { return strconv.Itoa(c.TopicReplication) },
+		func(c *Config, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n == 0 || n < -1 || n > 32767 {
+				return errors.New("want -1 or a positive integer")
+			}
+			c.TopicReplication = n
+			return nil
+		}},
+	{"TALLY_SHUTDOWN_TIMEOUT", "shutdown-timeout", "bound on a graceful stop after SIGTERM",
+		func(c *Config) string { return c.ShutdownTimeout.String() },
+		func(c *Config, v string) error { return parseDuration(v, time.Second, &c.ShutdownTimeout) }},
+}
+
+// Load builds the configuration of a subcommand: defaults, then the
+// environment (read through getenv), then the flags in args. It returns the
+// remaining positional arguments. Errors name the variable or flag at fault.
+func Load(name string, args []string, getenv func(string) string, usage io.Writer) (Config, []string, error) {
+	c := Default()
+	for _, s := range settings {
+		if v := getenv(s.Env); v != "" {
+			if err := s.set(&c, v); err != nil {
+				return c, nil, fmt.Errorf("environment variable %s=%q: %w", s.Env, v, err)
+			}
+		}
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(usage)
+	for _, s := range settings {
+		fs.Func(s.Flag, fmt.Sprintf("%s (env %s, default %q)", s.Usage, s.Env, s.get(&c)), func(v string) error {
+			return s.set(&c, v)
+		})
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, nil, err
+	}
+	return c, fs.Args(), nil
+}
+
+func checkAddr(v string) error {
+	_, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return fmt.Errorf("want host:port: %w", err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("invalid port %q", port)
+	}
+	return nil
+}
+
+func parseDuration(v string, min time.Duration, dst *time.Duration) error {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return err
+	}
+	if d < min {
+		return fmt.Errorf("want at least %s", min)
+	}
+	*dst = d
+	return nil
+}
