@@ -71,6 +71,12 @@ func WithPollInterval(d time.Duration) Option { return func(r *Relay) { r.poll =
 // its locks; this bounds how long its shards stay unowned.
 func WithRebalanceInterval(d time.Duration) Option { return func(r *Relay) { r.rebalance = d } }
 
+// WithRetention makes the relay delete published events written more than
+// d ago, checking every hour; the outbox is also the audit trail, so this is
+// how long it lasts. Zero, the default, keeps events forever. Unpublished
+// events are never deleted.
+func WithRetention(d time.Duration) Option { return func(r *Relay) { r.retention = d } }
+
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(r *Relay) { r.log = l } }
 
@@ -94,6 +100,7 @@ type Relay struct {
 	batch     int
 	poll      time.Duration
 	rebalance time.Duration
+	retention time.Duration
 	m         *metrics
 
 	wake  chan struct{} // cap 1: something may be readable
@@ -134,8 +141,8 @@ func New(pool *pgxpool.Pool, opts ...Option) (*Relay, error) {
 	for _, o := range opts {
 		o(r)
 	}
-	if r.batch < 1 || r.poll <= 0 || r.rebalance <= 0 {
-		return nil, errors.New("relay: batch size, poll and rebalance intervals must be positive")
+	if r.batch < 1 || r.poll <= 0 || r.rebalance <= 0 || r.retention < 0 {
+		return nil, errors.New("relay: batch size, poll and rebalance intervals must be positive, retention not negative")
 	}
 	r.m = newMetrics(pool)
 	if r.reg != nil {
@@ -176,6 +183,10 @@ func (r *Relay) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	pumpDone := make(chan struct{})
 	wg.Add(3)
+	if r.retention > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.prune(ctx, time.Hour) }()
+	}
 	go func() { defer wg.Done(); r.listen(ctx) }()
 	go func() { defer wg.Done(); defer close(pumpDone); r.pump(ctx) }()
 	go func() { defer wg.Done(); r.saveLoop(ctx, pumpDone) }()
@@ -429,6 +440,27 @@ func (r *Relay) save(ctx context.Context) error {
 	}
 	r.mu.Unlock()
 	return nil
+}
+
+// prune deletes published events older than the retention every interval.
+func (r *Relay) prune(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		n, err := outbox.Prune(ctx, r.pool, time.Now().Add(-r.retention), 10_000)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			r.m.errors.WithLabelValues("prune").Inc()
+			r.log.Warn("relay pruning the outbox", "err", err)
+		case n > 0:
+			r.log.Info("relay pruned published events past their retention", "deleted", n, "retention", r.retention)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 func newBackoff() *backoff.ExponentialBackOff {

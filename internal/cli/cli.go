@@ -1,0 +1,98 @@
+// Package cli is the tally command line: one binary whose subcommands run
+// each component alone (so a deployment scales them independently) or, with
+// `tally dev`, all of them in one process around an embedded Kafka broker.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os/signal"
+	"syscall"
+
+	"github.com/tally-dev/tally/internal/config"
+	"github.com/tally-dev/tally/internal/observe"
+)
+
+// Env is what a command runs with: its arguments, environment and streams.
+type Env struct {
+	Args   []string // after the subcommand name
+	Getenv func(string) string
+	Stdout io.Writer
+	Stderr io.Writer
+}
+
+type command struct {
+	name, summary string
+	run           func(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) error
+}
+
+func commands() []command {
+	return []command{
+		{"dev", "run everything in one process with an embedded Kafka broker", runDev},
+		{"api", "serve the HTTP API", runAPI},
+		{"relay", "publish the outbox to Kafka", runRelay},
+		{"migrate", "apply the database migrations", runMigrate},
+		{"topics", "topics apply: create missing topics and report drift", runTopics},
+	}
+}
+
+// Main runs the tally command line with args (without the program name) and
+// returns the exit status: 0, 1 for a failure, 2 for bad usage.
+func Main(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		usage(stdout)
+		return boolToStatus(len(args) == 0)
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		cfg, rest, err := config.Load("tally "+c.name, args[1:], getenv, stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "tally %s: %v\n", c.name, err)
+			return 2
+		}
+		log := observe.NewLogger(stderr, cfg.LogLevel, cfg.LogFormat).With("component", c.name)
+		ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		err = c.run(ctx, Env{Args: rest, Getenv: getenv, Stdout: stdout, Stderr: stderr}, cfg, log)
+		var ue usageError
+		switch {
+		case errors.As(err, &ue):
+			fmt.Fprintf(stderr, "tally %s: %v\n", c.name, err)
+			return 2
+		case err != nil:
+			log.Error("stopped on error", "err", err)
+			return 1
+		}
+		return 0
+	}
+	fmt.Fprintf(stderr, "tally: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func boolToStatus(failed bool) int {
+	if failed {
+		return 2
+	}
+	return 0
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "Usage: tally <command> [flags]\n\nCommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nEvery setting is an environment variable with a matching flag; `tally <command> -h` lists them.")
+}
+
+// usageError is a mistake in the command line, answered with status 2.
+type usageError struct{ error }

@@ -1,0 +1,75 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+
+	"github.com/tally-dev/tally/internal/config"
+	"github.com/tally-dev/tally/internal/devkafka"
+	"github.com/tally-dev/tally/internal/postgres"
+)
+
+// runDev runs Tally on its embedded default: it creates and migrates the
+// database, starts the embedded broker, applies the topics, and runs the API
+// and the relay in one process.
+func runDev(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) error {
+	if err := noArgs(e.Args); err != nil {
+		return err
+	}
+	if err := postgres.EnsureDatabase(ctx, cfg.DatabaseURL); err != nil {
+		return err
+	}
+	if _, _, err := postgres.Migrate(ctx, cfg.DatabaseURL); err != nil {
+		return err
+	}
+	kafkaDir := filepath.Join(cfg.DataDir, "kafka")
+	broker, err := devkafka.Start(cfg.DevKafkaAddr, kafkaDir, e.Stderr)
+	if err != nil {
+		return err
+	}
+	defer broker.Close() // persists the broker's state
+	brokers := broker.ListenAddrs()
+	rep, err := applyTopics(ctx, brokers, -1)
+	if err != nil {
+		return err
+	}
+	if len(rep.Created) > 0 {
+		log.Info("created topics", "count", len(rep.Created))
+	}
+	for _, d := range rep.Drift {
+		log.Warn("topic drift", "drift", d.String())
+	}
+
+	p := newProcess(cfg, log)
+	pool, err := openPool(ctx, cfg, p.health)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	cctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	h := startAPI(cctx, p, pool)
+	if err := startRelay(cctx, p, pool, brokers); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.Stdout, `Tally is running (tally dev). Ctrl-C stops it.
+  API         http://%[1]s   (OpenAPI document at /openapi.json)
+  metrics     http://%[1]s/metrics   health: /livez /readyz
+  Kafka       %[2]s   (embedded kfake broker, data in %[3]s)
+  PostgreSQL  %[4]s
+  Watch the events:  kcat -b %[2]s -C -t tally.invoices.v1 -f '%%k %%h %%s\n'
+`, cfg.HTTPAddr, brokers[0], kafkaDir, redactURL(cfg.DatabaseURL))
+	return p.serve(ctx, stop, h)
+}
+
+// redactURL hides the password of a database URL.
+func redactURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return p.Redacted()
+}

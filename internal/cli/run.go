@@ -1,0 +1,240 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kprom"
+
+	"github.com/tally-dev/tally/internal/config"
+	"github.com/tally-dev/tally/internal/observe"
+	"github.com/tally-dev/tally/internal/outbox"
+	"github.com/tally-dev/tally/internal/postgres"
+	"github.com/tally-dev/tally/producers/api"
+	"github.com/tally-dev/tally/producers/relay"
+	"github.com/tally-dev/tally/topics"
+)
+
+// process is what every long-running component shares: one registry, one
+// health, one HTTP server for its endpoints, and the goroutines to wait for.
+type process struct {
+	cfg    config.Config
+	log    *slog.Logger
+	reg    *prometheus.Registry
+	health *observe.Health
+	mux    *http.ServeMux
+	wg     sync.WaitGroup
+	errs   chan error
+}
+
+func newProcess(cfg config.Config, log *slog.Logger) *process {
+	p := &process{cfg: cfg, log: log, reg: observe.NewRegistry(), health: &observe.Health{},
+		mux: http.NewServeMux(), errs: make(chan error, 8)}
+	p.health.Register(p.mux, p.reg)
+	return p
+}
+
+// goRun runs fn until ctx ends; a failure of fn stops the process.
+func (p *process) goRun(name string, fn func(context.Context) error) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		if err := fn(context.Background()); err != nil {
+			p.errs <- fmt.Errorf("%s: %w", name, err)
+		}
+	}()
+}
+
+// serve listens on the HTTP address and serves until ctx ends or a
+// component fails, then drains: readiness turns false, the server stops
+// taking requests and finishes those in flight, and the components stop,
+// all within the shutdown timeout.
+func (p *process) serve(ctx context.Context, stop context.CancelFunc, handler http.Handler) error {
+	ln, err := net.Listen("tcp", p.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", p.cfg.HTTPAddr, err)
+	}
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	var failure error
+	select {
+	case <-ctx.Done():
+		p.log.Info("stopping")
+	case failure = <-p.errs:
+		p.log.Error("a component failed; stopping", "err", failure)
+	case err := <-served:
+		failure = fmt.Errorf("serving HTTP: %w", err)
+	}
+	p.health.Drain()
+	sctx, cancel := context.WithTimeout(context.Background(), p.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		p.log.Warn("HTTP shutdown", "err", err)
+	}
+	stop()
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-sctx.Done():
+		return errors.Join(failure, errors.New("components did not stop within the shutdown timeout"))
+	}
+	return failure
+}
+
+func openPool(ctx context.Context, cfg config.Config, health *observe.Health) (*pgxpool.Pool, error) {
+	pool, err := postgres.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	health.Check("postgres", pool.Ping)
+	return pool, nil
+}
+
+// startAPI registers the API on p's mux and starts what it needs.
+func startAPI(ctx context.Context, p *process, pool *pgxpool.Pool) http.Handler {
+	notifier := outbox.NewNotifier(pool, p.log)
+	a := api.New(pool, notifier, p.log, api.Config{MaxBodyBytes: p.cfg.MaxBodyBytes, IdempotencyTTL: p.cfg.IdempotencyTTL})
+	a.Register(p.mux)
+	p.goRun("notifier", func(context.Context) error { notifier.Run(ctx); return nil })
+	p.goRun("idempotency expiry", func(context.Context) error {
+		api.ExpireKeys(ctx, pool, p.cfg.IdempotencyTTL, time.Minute, p.log)
+		return nil
+	})
+	m := observe.NewHTTPMetrics(p.reg)
+	return m.Wrap(observe.NewTracer(), api.Handler(p.mux))
+}
+
+// startRelay starts a relay publishing to brokers.
+func startRelay(ctx context.Context, p *process, pool *pgxpool.Pool, brokers []string) error {
+	kp := kprom.NewMetrics("tally_kafka", kprom.Registry(p.reg))
+	r, err := relay.New(pool,
+		relay.WithKafkaOptions(kgo.SeedBrokers(brokers...), kgo.WithHooks(kp)),
+		relay.WithLogger(p.log.With("component", "relay")),
+		relay.WithRegisterer(p.reg),
+		relay.WithBatchSize(p.cfg.RelayBatchSize),
+		relay.WithPollInterval(p.cfg.RelayPollInterval),
+		relay.WithRetention(p.cfg.EventRetention),
+	)
+	if err != nil {
+		return err
+	}
+	p.health.Check("relay", func(context.Context) error {
+		if !r.Ready() {
+			return errors.New("not yet a member of the relay group")
+		}
+		return nil
+	})
+	p.goRun("relay", func(context.Context) error { return r.Run(ctx) })
+	return nil
+}
+
+func runAPI(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) error {
+	if err := noArgs(e.Args); err != nil {
+		return err
+	}
+	p := newProcess(cfg, log)
+	pool, err := openPool(ctx, cfg, p.health)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	cctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	h := startAPI(cctx, p, pool)
+	log.Info("serving the API", "addr", cfg.HTTPAddr)
+	return p.serve(ctx, stop, h)
+}
+
+func runRelay(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) error {
+	if err := noArgs(e.Args); err != nil {
+		return err
+	}
+	p := newProcess(cfg, log)
+	pool, err := openPool(ctx, cfg, p.health)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	cctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	if err := startRelay(cctx, p, pool, cfg.KafkaBrokers); err != nil {
+		return err
+	}
+	log.Info("relaying the outbox", "brokers", cfg.KafkaBrokers, "metrics", "http://"+cfg.HTTPAddr+"/metrics")
+	return p.serve(ctx, stop, p.mux)
+}
+
+func runMigrate(ctx context.Context, e Env, cfg config.Config, _ *slog.Logger) error {
+	if err := noArgs(e.Args); err != nil {
+		return err
+	}
+	from, to, err := postgres.Migrate(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	if from == to {
+		fmt.Fprintf(e.Stdout, "schema is up to date (version %d)\n", to)
+	} else {
+		fmt.Fprintf(e.Stdout, "migrated the schema from version %d to %d\n", from, to)
+	}
+	return nil
+}
+
+func runTopics(ctx context.Context, e Env, cfg config.Config, _ *slog.Logger) error {
+	if len(e.Args) != 1 || e.Args[0] != "apply" {
+		return usageError{errors.New("usage: tally topics apply [flags]")}
+	}
+	rep, err := applyTopics(ctx, cfg.KafkaBrokers, cfg.TopicReplication)
+	if err != nil {
+		return err
+	}
+	printReport(e, rep)
+	return nil
+}
+
+func applyTopics(ctx context.Context, brokers []string, replication int) (topics.Report, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		return topics.Report{}, fmt.Errorf("creating Kafka client: %w", err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	return topics.Apply(ctx, kadm.NewClient(cl), topics.Catalogue(), int16(replication))
+}
+
+func printReport(e Env, rep topics.Report) {
+	for _, t := range rep.Created {
+		fmt.Fprintf(e.Stdout, "created %s\n", t)
+	}
+	for _, d := range rep.Drift {
+		fmt.Fprintf(e.Stdout, "drift: %s\n", d)
+	}
+	fmt.Fprintf(e.Stdout, "%d topics in the catalogue, %d created, %d drifted\n", len(topics.Catalogue()), len(rep.Created), len(rep.Drift))
+}
+
+func noArgs(args []string) error {
+	if len(args) > 0 {
+		return usageError{fmt.Errorf("unexpected arguments %q", args)}
+	}
+	return nil
+}

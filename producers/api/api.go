@@ -1,0 +1,295 @@
+// Package api is Tally's HTTP API: JSON over HTTP, money as integer minor
+// units, errors as RFC 9457 problem details, and Idempotency-Key on POST.
+// Every change writes its rows and its events in one transaction.
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/tally-dev/tally/internal/envelope"
+	"github.com/tally-dev/tally/internal/observe"
+	"github.com/tally-dev/tally/internal/outbox"
+	"github.com/tally-dev/tally/producers/billing"
+)
+
+// Source is the ce_source of the events the API writes.
+const Source = "/tally/api"
+
+// requestTimeout bounds the work of one request.
+const requestTimeout = 15 * time.Second
+
+//go:embed openapi.json
+var openAPI []byte
+
+// Config holds the API's settings.
+type Config struct {
+	// MaxBodyBytes bounds request bodies (413 beyond it).
+	MaxBodyBytes int64
+	// IdempotencyTTL is how long a stored Idempotency-Key response is kept.
+	IdempotencyTTL time.Duration
+}
+
+// API serves the HTTP API.
+type API struct {
+	pool     *pgxpool.Pool
+	notifier *outbox.Notifier
+	log      *slog.Logger
+	cfg      Config
+}
+
+// New returns the API. notifier wakes relays after each commit that wrote
+// events.
+func New(pool *pgxpool.Pool, notifier *outbox.Notifier, log *slog.Logger, cfg Config) *API {
+	return &API{pool: pool, notifier: notifier, log: log, cfg: cfg}
+}
+
+// Register adds the API's routes to mux.
+func (a *API) Register(mux *http.ServeMux) {
+	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(openAPI)
+	})
+	for pattern, h := range a.routes() {
+		mux.HandleFunc(pattern, h)
+	}
+}
+
+// Handler wraps mux so that requests no route matches get a problem
+// response too (404, or 405 with Allow), not ServeMux's plain text.
+func Handler(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		rec := &capture{header: http.Header{}}
+		h.ServeHTTP(rec, r)
+		switch rec.status {
+		case http.StatusNotFound:
+			writeProblem(w, r, Problem{Type: ProblemNotFound, Status: http.StatusNotFound, Detail: "no such route"})
+		case http.StatusMethodNotAllowed:
+			w.Header().Set("Allow", rec.header.Get("Allow"))
+			writeProblem(w, r, Problem{Type: ProblemMethod, Status: http.StatusMethodNotAllowed,
+				Detail: "allowed: " + rec.header.Get("Allow")})
+		default: // a redirect, such as a cleaned path
+			for k, v := range rec.header {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.status)
+		}
+	})
+}
+
+type capture struct {
+	header http.Header
+	status int
+}
+
+func (c *capture) Header() http.Header         { return c.header }
+func (c *capture) Write(b []byte) (int, error) { return len(b), nil }
+func (c *capture) WriteHeader(s int)           { c.status = s }
+
+// meta builds the envelope attributes of the events a request causes. The
+// request id (X-Request-ID, or a new one) is their causation id; the
+// correlation id is X-Correlation-ID or, by default, the request id.
+func meta(w http.ResponseWriter, r *http.Request) billing.Meta {
+	reqID := headerID(r, "X-Request-ID")
+	if reqID == "" {
+		reqID = envelope.NewID().String()
+	}
+	corr := headerID(r, "X-Correlation-ID")
+	if corr == "" {
+		corr = reqID
+	}
+	w.Header().Set("X-Request-ID", reqID)
+	w.Header().Set("X-Correlation-ID", corr)
+	return billing.Meta{Source: Source, CorrelationID: corr, CausationID: reqID,
+		TraceParent: observe.TraceParent(r.Context()), Now: time.Now()}
+}
+
+// headerID returns a caller-given id header if it is short and printable;
+// anything else is ignored rather than copied into events.
+func headerID(r *http.Request, name string) string {
+	v := r.Header.Get(name)
+	if v == "" || len(v) > 128 || !utf8.ValidString(v) {
+		return ""
+	}
+	for _, c := range v {
+		if c < 0x21 || c == 0x7f {
+			return ""
+		}
+	}
+	return v
+}
+
+// response is what a change answers.
+type response struct {
+	status   int
+	location string
+	body     any
+	events   []envelope.Event
+}
+
+// change runs fn in a transaction, then writes its events to the outbox,
+// commits and answers. With an Idempotency-Key (POST only), the response is
+// stored in that same transaction, and a retry with the same key and the
+// same request gets the stored response and writes nothing. A concurrent
+// retry waits for the first to finish. Errors are not stored: nothing was
+// written, so a retry simply runs again.
+func (a *API) change(w http.ResponseWriter, r *http.Request, body []byte, fn func(context.Context, pgx.Tx, billing.Meta) (response, error)) {
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	m := meta(w, r)
+	key := ""
+	if r.Method == http.MethodPost {
+		key = r.Header.Get("Idempotency-Key")
+		if key != "" && (len(key) > 255 || !isPrintable(key)) {
+			writeProblem(w, r, Problem{Type: ProblemMalformed, Status: http.StatusBadRequest,
+				Detail: "Idempotency-Key must be 1 to 255 printable characters"})
+			return
+		}
+	}
+	fp := fingerprint(r, body)
+	tx, err := a.pool.Begin(ctx)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if key != "" {
+		stored, err := claimKey(ctx, tx, key, fp)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		if stored != nil {
+			if string(stored.fingerprint) != string(fp) {
+				writeProblem(w, r, Problem{Type: ProblemIdempotencyReuse, Status: http.StatusUnprocessableEntity,
+					Detail: "this Idempotency-Key was used with a different request"})
+				return
+			}
+			w.Header().Set("Idempotent-Replayed", "true")
+			if stored.location != "" {
+				w.Header().Set("Location", stored.location)
+			}
+			writeRaw(w, stored.status, stored.body)
+			return
+		}
+	}
+	res, err := fn(ctx, tx, m)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	var out []byte
+	if res.body != nil {
+		if out, err = json.Marshal(res.body); err != nil {
+			a.fail(w, r, fmt.Errorf("encoding response: %w", err))
+			return
+		}
+	}
+	if key != "" {
+		if err := storeKey(ctx, tx, key, res.status, res.location, out); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
+	if err := outbox.Write(ctx, tx, res.events...); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := tx.Commit(ctx); err != nil {
+		a.fail(w, r, fmt.Errorf("committing: %w", err))
+		return
+	}
+	if len(res.events) > 0 {
+		a.notifier.Notify()
+	}
+	if res.location != "" {
+		w.Header().Set("Location", res.location)
+	}
+	writeRaw(w, res.status, out)
+}
+
+func isPrintable(s string) bool {
+	for _, c := range s {
+		if c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return utf8.ValidString(s)
+}
+
+// fingerprint identifies a request for Idempotency-Key reuse checks.
+func fingerprint(r *http.Request, body []byte) []byte {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s %s\n", r.Method, r.URL.Path)
+	h.Write(body)
+	return h.Sum(nil)
+}
+
+func writeRaw(w http.ResponseWriter, status int, body []byte) {
+	if body == nil {
+		w.WriteHeader(status)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(body)
+	w.Write([]byte("\n"))
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	writeRaw(w, status, b)
+}
+
+// fail answers an error: the client's fault as its problem, a database
+// outage as 503, anything else as 500 (logged with the request id).
+func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if p, ok := problemOf(err); ok {
+		writeProblem(w, r, p)
+		return
+	}
+	reqID := w.Header().Get("X-Request-ID")
+	if unavailable(err) {
+		a.log.Warn("database unavailable", "request_id", reqID, "route", r.Pattern, "err", err)
+		w.Header().Set("Retry-After", "1")
+		writeProblem(w, r, Problem{Type: ProblemUnavailable, Status: http.StatusServiceUnavailable,
+			Detail: "the database is unavailable; retry (with the same Idempotency-Key) shortly"})
+		return
+	}
+	a.log.Error("request failed", "request_id", reqID, "route", r.Pattern, "err", err)
+	writeProblem(w, r, Problem{Type: ProblemInternal, Status: http.StatusInternalServerError,
+		Detail: "an internal error occurred; request id " + reqID})
+}
+
+// unavailable reports errors that mean the database could not be reached or
+// gave up on the request (timeouts, shutdown, lost connections).
+func unavailable(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return strings.HasPrefix(pe.Code, "08") || strings.HasPrefix(pe.Code, "57") || pe.Code == "40001" || pe.Code == "40P01"
+	}
+	return errors.Is(err, context.DeadlineExceeded) || pgconn.SafeToRetry(err) || pgconn.Timeout(err) ||
+		errors.As(err, new(*pgconn.ConnectError))
+}

@@ -1,0 +1,155 @@
+package billing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/mail"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tally-dev/tally/internal/envelope"
+)
+
+// Customer is a customer as the API returns it and as its events carry it.
+type Customer struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Email     string    `json:"email"`
+	Version   int64     `json:"version"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// CustomerInput creates a customer (name and email required) or patches one
+// (only the fields given change; the id cannot).
+type CustomerInput struct {
+	ID    *string `json:"id"`
+	Name  *string `json:"name"`
+	Email *string `json:"email"`
+}
+
+func checkName(p *problems, name string) {
+	if strings.TrimSpace(name) == "" || utf8.RuneCountInString(name) > 200 || !utf8.ValidString(name) {
+		p.add("name", "must be 1 to 200 characters and not blank")
+	}
+}
+
+func checkEmail(p *problems, email string) {
+	a, err := mail.ParseAddress(email)
+	if err != nil || a.Address != email || a.Name != "" || len(email) > 254 {
+		p.add("email", "must be a plain address such as ada@example.com")
+	}
+}
+
+// CreateCustomer adds a customer and returns its created event.
+func CreateCustomer(ctx context.Context, tx pgx.Tx, m Meta, in CustomerInput) (Customer, []envelope.Event, error) {
+	var p problems
+	id := checkID(&p, in.ID, "cus")
+	if in.Name == nil {
+		p.add("name", "is required")
+	} else {
+		checkName(&p, *in.Name)
+	}
+	if in.Email == nil {
+		p.add("email", "is required")
+	} else {
+		checkEmail(&p, *in.Email)
+	}
+	if err := p.err(); err != nil {
+		return Customer{}, nil, err
+	}
+	now := m.now()
+	c := Customer{ID: id, Name: *in.Name, Email: *in.Email, Version: 1, CreatedAt: now, UpdatedAt: now}
+	_, err := tx.Exec(ctx, `INSERT INTO customers (id, name, email, version, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6)`, c.ID, c.Name, c.Email, c.Version, c.CreatedAt, c.UpdatedAt)
+	if pgCode(err) == uniqueViolation {
+		return Customer{}, nil, fmt.Errorf("%w: customer %q already exists", ErrConflict, id)
+	}
+	if err != nil {
+		return Customer{}, nil, fmt.Errorf("inserting customer: %w", err)
+	}
+	ev, err := m.event("tally.customer.created.v1", c.ID, c.Version, "", c)
+	if err != nil {
+		return Customer{}, nil, err
+	}
+	return c, []envelope.Event{ev}, nil
+}
+
+// UpdateCustomer patches a customer. A patch that changes nothing returns
+// the customer as it is and no event.
+func UpdateCustomer(ctx context.Context, tx pgx.Tx, m Meta, id string, in CustomerInput) (Customer, []envelope.Event, error) {
+	var p problems
+	if in.ID != nil && *in.ID != id {
+		p.add("id", "cannot change")
+	}
+	if in.Name == nil && in.Email == nil {
+		p.add("", "give name or email to change")
+	}
+	if in.Name != nil {
+		checkName(&p, *in.Name)
+	}
+	if in.Email != nil {
+		checkEmail(&p, *in.Email)
+	}
+	if err := p.err(); err != nil {
+		return Customer{}, nil, err
+	}
+	c, err := getCustomer(ctx, tx, id, true)
+	if err != nil {
+		return Customer{}, nil, err
+	}
+	next := c
+	if in.Name != nil {
+		next.Name = *in.Name
+	}
+	if in.Email != nil {
+		next.Email = *in.Email
+	}
+	if next == c {
+		return c, nil, nil
+	}
+	next.Version++
+	next.UpdatedAt = m.now()
+	_, err = tx.Exec(ctx, `UPDATE customers SET name = $2, email = $3, version = $4, updated_at = $5 WHERE id = $1`,
+		next.ID, next.Name, next.Email, next.Version, next.UpdatedAt)
+	if err != nil {
+		return Customer{}, nil, fmt.Errorf("updating customer: %w", err)
+	}
+	ev, err := m.event("tally.customer.updated.v1", next.ID, next.Version, "", next)
+	if err != nil {
+		return Customer{}, nil, err
+	}
+	return next, []envelope.Event{ev}, nil
+}
+
+// GetCustomer reads a customer.
+func GetCustomer(ctx context.Context, q Querier, id string) (Customer, error) {
+	return getCustomer(ctx, q, id, false)
+}
+
+func getCustomer(ctx context.Context, q Querier, id string, lock bool) (Customer, error) {
+	sql := `SELECT id, name, email, version, created_at, updated_at FROM customers WHERE id = $1`
+	if lock {
+		sql += " FOR NO KEY UPDATE"
+	}
+	var c Customer
+	err := q.QueryRow(ctx, sql, id).Scan(&c.ID, &c.Name, &c.Email, &c.Version, &c.CreatedAt, &c.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Customer{}, fmt.Errorf("%w: customer %q", ErrNotFound, id)
+	}
+	if err != nil {
+		return Customer{}, fmt.Errorf("reading customer: %w", err)
+	}
+	c.CreatedAt, c.UpdatedAt = c.CreatedAt.UTC(), c.UpdatedAt.UTC()
+	return c, nil
+}
+
+// Querier is a pool, a connection or a transaction.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
