@@ -28,15 +28,18 @@ type Env struct {
 type command struct {
 	name, summary string
 	run           func(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) error
+	// flags registers the command's own flags, beside the settings.
+	flags func(*flag.FlagSet)
 }
 
 func commands() []command {
 	return []command{
-		{"dev", "run everything in one process with an embedded Kafka broker", runDev},
-		{"api", "serve the HTTP API", runAPI},
-		{"relay", "publish the outbox to Kafka", runRelay},
-		{"migrate", "apply the database migrations", runMigrate},
-		{"topics", "topics apply: create missing topics and report drift", runTopics},
+		{"dev", "run everything in one process with an embedded Kafka broker", runDev, nil},
+		{"api", "serve the HTTP API", runAPI, nil},
+		{"relay", "publish the outbox to Kafka", runRelay, nil},
+		{"migrate", "apply the database migrations", runMigrate, nil},
+		{"topics", "topics apply: create missing topics and report drift", runTopics, nil},
+		{"bench", "measure the speed targets against the local PostgreSQL and an embedded broker", runBench, benchFlags},
 	}
 }
 
@@ -51,7 +54,7 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 		if c.name != args[0] {
 			continue
 		}
-		cfg, rest, err := config.Load("tally "+c.name, args[1:], getenv, stderr)
+		cfg, rest, err := config.Load("tally "+c.name, args[1:], getenv, stderr, c.flags)
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}

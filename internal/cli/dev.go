@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"path/filepath"
 
@@ -43,26 +44,20 @@ func runDev(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) err
 		log.Warn("topic drift", "drift", d.String())
 	}
 
-	p := newProcess(cfg, log)
-	pool, err := openPool(ctx, cfg, p.health)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	cctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	h := startAPI(cctx, p, pool)
-	if err := startRelay(cctx, p, pool, brokers); err != nil {
-		return err
-	}
-	fmt.Fprintf(e.Stdout, `Tally is running (tally dev). Ctrl-C stops it.
+	return run(ctx, cfg, log, func(p *process) (http.Handler, error) {
+		h := startAPI(p)
+		if err := startRelay(p, brokers); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(e.Stdout, `Tally is running (tally dev). Ctrl-C stops it.
   API         http://%[1]s   (OpenAPI document at /openapi.json)
   metrics     http://%[1]s/metrics   health: /livez /readyz
   Kafka       %[2]s   (embedded kfake broker, data in %[3]s)
   PostgreSQL  %[4]s
   Watch the events:  kcat -b %[2]s -C -t tally.invoices.v1 -f '%%k %%h %%s\n'
 `, cfg.HTTPAddr, brokers[0], kafkaDir, redactURL(cfg.DatabaseURL))
-	return p.serve(ctx, stop, h)
+		return h, nil
+	})
 }
 
 // redactURL hides the password of a database URL.

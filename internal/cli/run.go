@@ -25,31 +25,54 @@ import (
 	"github.com/tally-dev/tally/topics"
 )
 
-// process is what every long-running component shares: one registry, one
-// health, one HTTP server for its endpoints, and the goroutines to wait for.
+// process is what the long-running components of one tally process share:
+// a pool, one registry, one health, one HTTP server for their endpoints, and
+// the context that stops them.
 type process struct {
 	cfg    config.Config
 	log    *slog.Logger
 	reg    *prometheus.Registry
 	health *observe.Health
 	mux    *http.ServeMux
+	pool   *pgxpool.Pool
+	ctx    context.Context // the components'; ends when the process drains
+	stop   context.CancelFunc
 	wg     sync.WaitGroup
 	errs   chan error
 }
 
-func newProcess(cfg config.Config, log *slog.Logger) *process {
+// run opens the database, lets start add components to the process, and
+// serves until ctx ends or a component fails. start returns the process's
+// HTTP handler.
+func run(ctx context.Context, cfg config.Config, log *slog.Logger, start func(*process) (http.Handler, error)) error {
 	p := &process{cfg: cfg, log: log, reg: observe.NewRegistry(), health: &observe.Health{},
 		mux: http.NewServeMux(), errs: make(chan error, 8)}
 	p.health.Register(p.mux, p.reg)
-	return p
+	pool, err := postgres.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	p.health.Check("postgres", pool.Ping)
+	p.pool = pool
+	p.ctx, p.stop = context.WithCancel(context.Background())
+	defer p.stop()
+	h, err := start(p)
+	if err != nil {
+		p.stop()
+		p.wg.Wait()
+		return err
+	}
+	return p.serve(ctx, h)
 }
 
-// goRun runs fn until ctx ends; a failure of fn stops the process.
+// goRun runs fn until the process drains; a failure of fn stops the
+// process.
 func (p *process) goRun(name string, fn func(context.Context) error) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		if err := fn(context.Background()); err != nil {
+		if err := fn(p.ctx); err != nil {
 			p.errs <- fmt.Errorf("%s: %w", name, err)
 		}
 	}()
@@ -59,7 +82,7 @@ func (p *process) goRun(name string, fn func(context.Context) error) {
 // component fails, then drains: readiness turns false, the server stops
 // taking requests and finishes those in flight, and the components stop,
 // all within the shutdown timeout.
-func (p *process) serve(ctx context.Context, stop context.CancelFunc, handler http.Handler) error {
+func (p *process) serve(ctx context.Context, handler http.Handler) error {
 	ln, err := net.Listen("tcp", p.cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", p.cfg.HTTPAddr, err)
@@ -89,7 +112,7 @@ func (p *process) serve(ctx context.Context, stop context.CancelFunc, handler ht
 	if err := srv.Shutdown(sctx); err != nil {
 		p.log.Warn("HTTP shutdown", "err", err)
 	}
-	stop()
+	p.stop()
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
 	select {
@@ -100,23 +123,15 @@ func (p *process) serve(ctx context.Context, stop context.CancelFunc, handler ht
 	return failure
 }
 
-func openPool(ctx context.Context, cfg config.Config, health *observe.Health) (*pgxpool.Pool, error) {
-	pool, err := postgres.Open(ctx, cfg.DatabaseURL)
-	if err != nil {
-		return nil, err
-	}
-	health.Check("postgres", pool.Ping)
-	return pool, nil
-}
-
-// startAPI registers the API on p's mux and starts what it needs.
-func startAPI(ctx context.Context, p *process, pool *pgxpool.Pool) http.Handler {
-	notifier := outbox.NewNotifier(pool, p.log)
-	a := api.New(pool, notifier, p.log, api.Config{MaxBodyBytes: p.cfg.MaxBodyBytes, IdempotencyTTL: p.cfg.IdempotencyTTL})
+// startAPI registers the API on the process's mux and starts what it
+// needs; it returns the handler to serve.
+func startAPI(p *process) http.Handler {
+	notifier := outbox.NewNotifier(p.pool, p.log)
+	a := api.New(p.pool, notifier, p.log, api.Config{MaxBodyBytes: p.cfg.MaxBodyBytes, IdempotencyTTL: p.cfg.IdempotencyTTL})
 	a.Register(p.mux)
-	p.goRun("notifier", func(context.Context) error { notifier.Run(ctx); return nil })
-	p.goRun("idempotency expiry", func(context.Context) error {
-		api.ExpireKeys(ctx, pool, p.cfg.IdempotencyTTL, time.Minute, p.log)
+	p.goRun("notifier", func(ctx context.Context) error { notifier.Run(ctx); return nil })
+	p.goRun("idempotency expiry", func(ctx context.Context) error {
+		api.ExpireKeys(ctx, p.pool, p.cfg.IdempotencyTTL, time.Minute, p.log)
 		return nil
 	})
 	m := observe.NewHTTPMetrics(p.reg)
@@ -124,9 +139,9 @@ func startAPI(ctx context.Context, p *process, pool *pgxpool.Pool) http.Handler 
 }
 
 // startRelay starts a relay publishing to brokers.
-func startRelay(ctx context.Context, p *process, pool *pgxpool.Pool, brokers []string) error {
+func startRelay(p *process, brokers []string) error {
 	kp := kprom.NewMetrics("tally_kafka", kprom.Registry(p.reg))
-	r, err := relay.New(pool,
+	r, err := relay.New(p.pool,
 		relay.WithKafkaOptions(kgo.SeedBrokers(brokers...), kgo.WithHooks(kp)),
 		relay.WithLogger(p.log.With("component", "relay")),
 		relay.WithRegisterer(p.reg),
@@ -143,7 +158,7 @@ func startRelay(ctx context.Context, p *process, pool *pgxpool.Pool, brokers []s
 		}
 		return nil
 	})
-	p.goRun("relay", func(context.Context) error { return r.Run(ctx) })
+	p.goRun("relay", r.Run)
 	return nil
 }
 
@@ -151,36 +166,20 @@ func runAPI(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) err
 	if err := noArgs(e.Args); err != nil {
 		return err
 	}
-	p := newProcess(cfg, log)
-	pool, err := openPool(ctx, cfg, p.health)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	cctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	h := startAPI(cctx, p, pool)
-	log.Info("serving the API", "addr", cfg.HTTPAddr)
-	return p.serve(ctx, stop, h)
+	return run(ctx, cfg, log, func(p *process) (http.Handler, error) {
+		log.Info("serving the API", "addr", cfg.HTTPAddr)
+		return startAPI(p), nil
+	})
 }
 
 func runRelay(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) error {
 	if err := noArgs(e.Args); err != nil {
 		return err
 	}
-	p := newProcess(cfg, log)
-	pool, err := openPool(ctx, cfg, p.health)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	cctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	if err := startRelay(cctx, p, pool, cfg.KafkaBrokers); err != nil {
-		return err
-	}
-	log.Info("relaying the outbox", "brokers", cfg.KafkaBrokers, "metrics", "http://"+cfg.HTTPAddr+"/metrics")
-	return p.serve(ctx, stop, p.mux)
+	return run(ctx, cfg, log, func(p *process) (http.Handler, error) {
+		log.Info("relaying the outbox", "brokers", cfg.KafkaBrokers, "metrics", "http://"+cfg.HTTPAddr+"/metrics")
+		return p.mux, startRelay(p, cfg.KafkaBrokers)
+	})
 }
 
 func runMigrate(ctx context.Context, e Env, cfg config.Config, _ *slog.Logger) error {

@@ -23,15 +23,15 @@ type Config struct {
 	// DatabaseURL is the PostgreSQL connection string (pgx syntax, so pool
 	// settings such as pool_max_conns go in its query).
 	DatabaseURL string
-	// KafkaBrokers are the seed brokers. `tally dev` ignores it and talks to
+	// KafkaBrokers are the seed brokers. tally dev ignores it and talks to
 	// its embedded broker.
 	KafkaBrokers []string
 	// HTTPAddr is where the API (for `tally api`) and the operational
 	// endpoints /metrics, /livez and /readyz (for every component) listen.
 	HTTPAddr string
-	// DevKafkaAddr is where `tally dev` serves its embedded Kafka broker.
+	// DevKafkaAddr is where tally dev serves its embedded Kafka broker.
 	DevKafkaAddr string
-	// DataDir is where `tally dev` keeps the embedded broker's log.
+	// DataDir is where tally dev keeps the embedded broker's log.
 	DataDir string
 
 	LogLevel  slog.Level
@@ -52,7 +52,7 @@ type Config struct {
 	// arrives; notifications, not this, keep latency low.
 	RelayPollInterval time.Duration
 
-	// TopicReplication is the replication factor `tally topics apply` asks
+	// TopicReplication is the replication factor tally topics apply asks
 	// for; -1 takes the broker's default.
 	TopicReplication int
 
@@ -128,10 +128,10 @@ var settings = []Setting{
 	{"TALLY_HTTP_ADDR", "http-addr", "listen address of the API and of /metrics, /livez, /readyz",
 		func(c *Config) string { return c.HTTPAddr },
 		func(c *Config, v string) error { c.HTTPAddr = v; return checkAddr(v) }},
-	{"TALLY_DEV_KAFKA_ADDR", "dev-kafka-addr", "listen address of the embedded Kafka broker of `tally dev`",
+	{"TALLY_DEV_KAFKA_ADDR", "dev-kafka-addr", "listen address of the embedded Kafka broker of tally dev",
 		func(c *Config) string { return c.DevKafkaAddr },
 		func(c *Config, v string) error { c.DevKafkaAddr = v; return checkAddr(v) }},
-	{"TALLY_DATA_DIR", "data-dir", "data folder of `tally dev` (the embedded broker's log)",
+	{"TALLY_DATA_DIR", "data-dir", "data folder of tally dev (the embedded broker's log)",
 		func(c *Config) string { return c.DataDir },
 		func(c *Config, v string) error {
 			if v == "" {
@@ -181,7 +181,7 @@ var settings = []Setting{
 	{"TALLY_RELAY_POLL_INTERVAL", "relay-poll-interval", "relay's fallback poll when no notification arrives",
 		func(c *Config) string { return c.RelayPollInterval.String() },
 		func(c *Config, v string) error { return parseDuration(v, time.Millisecond, &c.RelayPollInterval) }},
-	{"TALLY_TOPIC_REPLICATION", "topic-replication", "replication factor for `tally topics apply` (-1: the broker's default)",
+	{"TALLY_TOPIC_REPLICATION", "topic-replication", "replication factor for tally topics apply (-1: the broker's default)",
 		func(c *Config) string { return strconv.Itoa(c.TopicReplication) },
 		func(c *Config, v string) error {
 			n, err := strconv.Atoi(v)
@@ -197,9 +197,11 @@ var settings = []Setting{
 }
 
 // Load builds the configuration of a subcommand: defaults, then the
-// environment (read through getenv), then the flags in args. It returns the
-// remaining positional arguments. Errors name the variable or flag at fault.
-func Load(name string, args []string, getenv func(string) string, usage io.Writer) (Config, []string, error) {
+// environment (read through getenv), then the flags in args. extra, if not
+// nil, registers the subcommand's own flags on the same flag set. It returns
+// the remaining positional arguments. Errors name the variable or flag at
+// fault.
+func Load(name string, args []string, getenv func(string) string, usage io.Writer, extra func(*flag.FlagSet)) (Config, []string, error) {
 	c := Default()
 	for _, s := range settings {
 		if v := getenv(s.Env); v != "" {
@@ -214,6 +216,9 @@ func Load(name string, args []string, getenv func(string) string, usage io.Write
 		fs.Func(s.Flag, fmt.Sprintf("%s (env %s, default %q)", s.Usage, s.Env, s.get(&c)), func(v string) error {
 			return s.set(&c, v)
 		})
+	}
+	if extra != nil {
+		extra(fs)
 	}
 	if err := fs.Parse(args); err != nil {
 		return c, nil, err

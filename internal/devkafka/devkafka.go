@@ -5,12 +5,17 @@
 package devkafka
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"os"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/tally-dev/tally/topics"
 )
 
 // Start runs a one-broker cluster listening on addr (host:port) and keeping
@@ -30,6 +35,27 @@ func Start(addr, dir string, log io.Writer) (*kfake.Cluster, error) {
 	)
 	if err != nil {
 		return nil, fmt.Errorf("starting the embedded Kafka broker on %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+// Ephemeral starts an in-memory one-broker cluster on a random loopback
+// port with every topic of the catalogue, for tests and benchmarks. opts add
+// to (and may override) its defaults.
+func Ephemeral(ctx context.Context, opts ...kfake.Opt) (*kfake.Cluster, error) {
+	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1)}, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("starting kfake: %w", err)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	defer cl.Close()
+	if _, err := topics.Apply(ctx, kadm.NewClient(cl), topics.Catalogue(), -1); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("applying topics: %w", err)
 	}
 	return c, nil
 }

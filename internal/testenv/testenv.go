@@ -18,12 +18,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/tally-dev/tally/internal/devkafka"
 	"github.com/tally-dev/tally/internal/postgres"
-	"github.com/tally-dev/tally/topics"
 )
 
 // ServerURL is the PostgreSQL server tests use, with database "postgres".
@@ -142,22 +141,17 @@ func randomHex(n int) string {
 }
 
 // Kafka starts a one-broker kfake cluster for t with Tally's topics, and
-// returns its seed address.
+// returns it and its seed addresses.
 func Kafka(t testing.TB, opts ...kfake.Opt) (*kfake.Cluster, []string) {
 	t.Helper()
-	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1)}, opts...)...)
-	if err != nil {
-		t.Fatalf("starting kfake: %v", err)
-	}
-	t.Cleanup(c.Close)
-	addrs := c.ListenAddrs()
-	cl := Client(t, addrs)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := topics.Apply(ctx, kadm.NewClient(cl), topics.Catalogue(), -1); err != nil {
-		t.Fatalf("applying topics: %v", err)
+	c, err := devkafka.Ephemeral(ctx, opts...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return c, addrs
+	t.Cleanup(c.Close)
+	return c, c.ListenAddrs()
 }
 
 // Client returns a Kafka client for tests, closed when t ends. The short

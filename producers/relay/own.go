@@ -194,6 +194,11 @@ func (r *Relay) leave(ctx context.Context, conn *pgx.Conn, pumpDone <-chan struc
 	r.mu.Unlock()
 	if err := r.client.Flush(ctx); err != nil {
 		r.log.Warn("relay stopping before Kafka acknowledged everything; the rest is published again later", "err", err)
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
+		defer cancel()
+		if err := r.client.AbortBufferedRecords(actx); err != nil {
+			r.log.Warn("relay aborting buffered records", "err", err)
+		}
 	}
 	if err := r.save(ctx); err != nil {
 		return err

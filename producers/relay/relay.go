@@ -354,7 +354,9 @@ func (r *Relay) produce(ctx context.Context, rec *outbox.Record) {
 	kr := rec.Event.Record(rec.Topic)
 	kr.Key = []byte(rec.Key)
 	written := rec.Event.Time
-	r.client.Produce(ctx, kr, func(kr *kgo.Record, err error) {
+	// Not ctx: a record handed over must not fail because the relay is
+	// stopping; leave waits for it (within drainTimeout) instead.
+	r.client.Produce(context.WithoutCancel(ctx), kr, func(kr *kgo.Record, err error) {
 		r.acked(s, rec.Seq, kr.Topic, written, err)
 	})
 }
