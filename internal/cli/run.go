@@ -135,7 +135,7 @@ func startAPI(p *process) http.Handler {
 		return nil
 	})
 	m := observe.NewHTTPMetrics(p.reg)
-	return m.Wrap(observe.NewTracer(), api.Handler(p.mux))
+	return m.Wrap(observe.NewTracer(), p.mux, api.Handler(p.mux))
 }
 
 // startRelay starts a relay publishing to brokers.

@@ -96,23 +96,21 @@ func NewHTTPMetrics(reg prometheus.Registerer) *HTTPMetrics {
 	return m
 }
 
-// Wrap instruments next, which must be (or wrap) the ServeMux whose
-// patterns name the routes. It also starts a server span, continuing the
-// caller's trace when the request carries a traceparent.
-func (m *HTTPMetrics) Wrap(tracer trace.Tracer, next http.Handler) http.Handler {
+// Wrap instruments next, which serves the routes of mux: the route of a
+// request is the mux pattern that matches it. It also starts a server span,
+// continuing the caller's trace when the request carries a traceparent.
+func (m *HTTPMetrics) Wrap(tracer trace.Tracer, mux *http.ServeMux, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		ctx := Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-		ctx, span := tracer.Start(ctx, "HTTP "+r.Method, trace.WithSpanKind(trace.SpanKindServer))
-		defer span.End()
-		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
-		r = r.WithContext(ctx)
-		next.ServeHTTP(sw, r)
-		route := r.Pattern // set by the ServeMux on this request
+		_, route := mux.Handler(r)
 		if route == "" {
 			route = "unmatched"
 		}
-		span.SetName(route)
+		ctx := Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+		ctx, span := tracer.Start(ctx, route, trace.WithSpanKind(trace.SpanKindServer))
+		defer span.End()
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(sw, r.WithContext(ctx))
 		m.requests.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
 		m.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	})

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -23,11 +24,21 @@ var migrations embed.FS
 // versionTable is where tern records the applied migration.
 const versionTable = "schema_version"
 
+// defaultMaxConns sizes a pool whose URL does not say (pool_max_conns).
+// Writers spend most of a transaction waiting for its commit to be flushed,
+// and PostgreSQL flushes the commits of concurrent transactions together, so
+// more connections than cores raise the commit rate; pgx's default, the
+// number of cores, would cap it.
+const defaultMaxConns = 16
+
 // Open connects a pool to url and checks that the server answers.
 func Open(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parsing database url: %w", err)
+	}
+	if !strings.Contains(url, "pool_max_conns") {
+		cfg.MaxConns = defaultMaxConns
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

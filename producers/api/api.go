@@ -70,8 +70,12 @@ func (a *API) Register(mux *http.ServeMux) {
 
 // Handler wraps mux so that requests no route matches get a problem
 // response too (404, or 405 with Allow), not ServeMux's plain text.
+//
+// It also gives every request its ids (see identify), before anything can
+// answer it.
 func Handler(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = identify(w, r)
 		h, pattern := mux.Handler(r)
 		if pattern != "" {
 			mux.ServeHTTP(w, r)
@@ -104,21 +108,40 @@ func (c *capture) Header() http.Header         { return c.header }
 func (c *capture) Write(b []byte) (int, error) { return len(b), nil }
 func (c *capture) WriteHeader(s int)           { c.status = s }
 
-// meta builds the envelope attributes of the events a request causes. The
-// request id (X-Request-ID, or a new one) is their causation id; the
-// correlation id is X-Correlation-ID or, by default, the request id.
-func meta(w http.ResponseWriter, r *http.Request) billing.Meta {
-	reqID := headerID(r, "X-Request-ID")
-	if reqID == "" {
-		reqID = envelope.NewID().String()
+// requestIDs are a request's ids, kept in its context.
+type requestIDs struct{ request, correlation string }
+
+// idsKey is the context key of requestIDs; the pointer's identity, not its
+// text, makes it unique.
+var idsKey = func() *string { s := "tally request ids"; return &s }()
+
+// identify gives r its request id (X-Request-ID, or a new one) and its
+// correlation id (X-Correlation-ID, or by default the request id), echoes
+// both on the response, and keeps them in r's context. The request id is the
+// causation id of the events the request causes and is quoted in 500
+// answers and logs.
+func identify(w http.ResponseWriter, r *http.Request) *http.Request {
+	ids := requestIDs{request: headerID(r, "X-Request-ID"), correlation: headerID(r, "X-Correlation-ID")}
+	if ids.request == "" {
+		ids.request = envelope.NewID().String()
 	}
-	corr := headerID(r, "X-Correlation-ID")
-	if corr == "" {
-		corr = reqID
+	if ids.correlation == "" {
+		ids.correlation = ids.request
 	}
-	w.Header().Set("X-Request-ID", reqID)
-	w.Header().Set("X-Correlation-ID", corr)
-	return billing.Meta{Source: Source, CorrelationID: corr, CausationID: reqID,
+	w.Header().Set("X-Request-ID", ids.request)
+	w.Header().Set("X-Correlation-ID", ids.correlation)
+	return r.WithContext(context.WithValue(r.Context(), idsKey, ids))
+}
+
+func idsOf(r *http.Request) requestIDs {
+	ids, _ := r.Context().Value(idsKey).(requestIDs)
+	return ids
+}
+
+// meta builds the envelope attributes of the events a request causes.
+func meta(r *http.Request) billing.Meta {
+	ids := idsOf(r)
+	return billing.Meta{Source: Source, CorrelationID: ids.correlation, CausationID: ids.request,
 		TraceParent: observe.TraceParent(r.Context()), Now: time.Now()}
 }
 
@@ -154,7 +177,7 @@ type response struct {
 func (a *API) change(w http.ResponseWriter, r *http.Request, body []byte, fn func(context.Context, pgx.Tx, billing.Meta) (response, error)) {
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	m := meta(w, r)
+	m := meta(r)
 	key := ""
 	if r.Method == http.MethodPost {
 		key = r.Header.Get("Idempotency-Key")
@@ -270,7 +293,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeProblem(w, r, p)
 		return
 	}
-	reqID := w.Header().Get("X-Request-ID")
+	reqID := idsOf(r).request
 	if unavailable(err) {
 		a.log.Warn("database unavailable", "request_id", reqID, "route", r.Pattern, "err", err)
 		w.Header().Set("Retry-After", "1")

@@ -127,7 +127,7 @@ func (a *API) trail(topic, table, noun string) http.HandlerFunc {
 		after, limit, err := paging(r.URL.Query())
 		if err != nil {
 			writeProblem(w, r, Problem{Type: ProblemValidation, Status: http.StatusUnprocessableEntity,
-				Errors: []billing.FieldError{*err}})
+				Title: titleValidation, Errors: []billing.FieldError{*err}})
 			return
 		}
 		evs, err2 := outbox.Trail(r.Context(), a.pool, topic, id, after, limit+1)
@@ -135,7 +135,7 @@ func (a *API) trail(topic, table, noun string) http.HandlerFunc {
 			a.fail(w, r, err2)
 			return
 		}
-		if len(evs) == 0 && after == 0 {
+		if len(evs) == 0 {
 			var exists bool
 			if err := a.pool.QueryRow(r.Context(), "SELECT EXISTS (SELECT 1 FROM "+table+" WHERE id = $1)", id).Scan(&exists); err != nil {
 				a.fail(w, r, err)

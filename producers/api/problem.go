@@ -35,6 +35,8 @@ const (
 	ProblemInternal         = "urn:tally:problem:internal"
 )
 
+const titleValidation = "The request is well-formed but some fields are invalid"
+
 func writeProblem(w http.ResponseWriter, r *http.Request, p Problem) {
 	if p.Title == "" {
 		p.Title = http.StatusText(p.Status)
@@ -53,7 +55,7 @@ func problemOf(err error) (p Problem, ok bool) {
 	switch {
 	case errors.As(err, &ve):
 		return Problem{Type: ProblemValidation, Status: http.StatusUnprocessableEntity,
-			Title: "The request is well-formed but some fields are invalid", Errors: ve.Fields}, true
+			Title: titleValidation, Errors: ve.Fields}, true
 	case errors.Is(err, billing.ErrNotFound):
 		return Problem{Type: ProblemNotFound, Status: http.StatusNotFound, Detail: err.Error()}, true
 	case errors.Is(err, billing.ErrGone):

@@ -264,7 +264,9 @@ func apply(p *problems, inv *Invoice, in InvoiceInput, creating bool) {
 	}
 }
 
-// CreateInvoice issues an open invoice and returns its created event.
+// CreateInvoice issues an open invoice and returns its created event. An
+// invoice whose total is zero is settled at once: created is followed by
+// paid, dated the issue date.
 func CreateInvoice(ctx context.Context, tx pgx.Tx, m Meta, in InvoiceInput) (InvoiceWithPayments, []envelope.Event, error) {
 	var p problems
 	now := m.now()
@@ -273,15 +275,29 @@ func CreateInvoice(ctx context.Context, tx pgx.Tx, m Meta, in InvoiceInput) (Inv
 	if err := p.err(); err != nil {
 		return InvoiceWithPayments{}, nil, err
 	}
+	created, err := m.event("tally.invoice.created.v1", inv.ID, inv.Version, "", inv)
+	if err != nil {
+		return InvoiceWithPayments{}, nil, err
+	}
+	evs := []envelope.Event{created}
+	if inv.Total == 0 {
+		// Nothing is due, so nothing could ever be paid: like Stripe, a
+		// zero invoice is settled as it is issued.
+		paid, err := markPaid(m, &inv, inv.IssuedAt, created.ID.String())
+		if err != nil {
+			return InvoiceWithPayments{}, nil, err
+		}
+		evs = append(evs, paid)
+	}
 	lines, err := json.Marshal(inv.Lines)
 	if err != nil {
 		return InvoiceWithPayments{}, nil, fmt.Errorf("encoding invoice lines: %w", err)
 	}
 	_, err = tx.Exec(ctx, `INSERT INTO invoices (id, customer_id, currency, status, issued_at, due_at, lines,
-			subtotal, discount, tax, total, amount_paid, version, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $13, $14)`,
+			subtotal, discount, tax, total, amount_paid, paid_at, version, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $13, $14, $15)`,
 		inv.ID, inv.CustomerID, inv.Currency, inv.Status, inv.IssuedAt, inv.DueAt, lines,
-		inv.Subtotal, inv.Discount, inv.Tax, inv.Total, inv.Version, inv.CreatedAt, inv.UpdatedAt)
+		inv.Subtotal, inv.Discount, inv.Tax, inv.Total, inv.PaidAt, inv.Version, inv.CreatedAt, inv.UpdatedAt)
 	switch pgCode(err) {
 	case "":
 	case uniqueViolation:
@@ -291,16 +307,21 @@ func CreateInvoice(ctx context.Context, tx pgx.Tx, m Meta, in InvoiceInput) (Inv
 	default:
 		return InvoiceWithPayments{}, nil, fmt.Errorf("inserting invoice: %w", err)
 	}
-	ev, err := m.event("tally.invoice.created.v1", inv.ID, inv.Version, "", inv)
-	if err != nil {
-		return InvoiceWithPayments{}, nil, err
-	}
-	return InvoiceWithPayments{inv, []Payment{}}, []envelope.Event{ev}, nil
+	return InvoiceWithPayments{inv, []Payment{}}, evs, nil
+}
+
+// markPaid settles inv on the given date and returns its paid event, caused
+// by the event named cause.
+func markPaid(m Meta, inv *Invoice, on date.Date, cause string) (envelope.Event, error) {
+	inv.Status, inv.PaidAt = StatusPaid, &on
+	inv.Version++
+	return m.event("tally.invoice.paid.v1", inv.ID, inv.Version, cause, *inv)
 }
 
 // UpdateInvoice patches an open invoice. A patch that changes nothing
 // returns the invoice and no event. The new total must cover what was paid;
-// a total equal to it settles the invoice, which then also emits paid.
+// a total equal to it (zero included) settles the invoice, which then also
+// emits paid, dated today.
 func UpdateInvoice(ctx context.Context, tx pgx.Tx, m Meta, id string, in InvoiceInput) (InvoiceWithPayments, []envelope.Event, error) {
 	var p problems
 	if in.ID != nil && *in.ID != id {
@@ -340,11 +361,8 @@ func UpdateInvoice(ctx context.Context, tx pgx.Tx, m Meta, id string, in Invoice
 		return InvoiceWithPayments{}, nil, err
 	}
 	evs = append(evs, ev)
-	if next.AmountPaid > 0 && next.AmountDue == 0 {
-		today := date.Of(m.now())
-		next.Status, next.PaidAt = StatusPaid, &today
-		next.Version++
-		paid, err := m.event("tally.invoice.paid.v1", id, next.Version, ev.ID.String(), next)
+	if next.AmountDue == 0 {
+		paid, err := markPaid(m, &next, date.Of(m.now()), ev.ID.String())
 		if err != nil {
 			return InvoiceWithPayments{}, nil, err
 		}
@@ -420,9 +438,7 @@ func PayInvoice(ctx context.Context, tx pgx.Tx, m Meta, id string, in PaymentInp
 	}
 	evs := []envelope.Event{received}
 	if inv.AmountDue == 0 {
-		inv.Status, inv.PaidAt = StatusPaid, &pay.PaidAt
-		inv.Version++
-		paid, err := m.event("tally.invoice.paid.v1", id, inv.Version, received.ID.String(), inv)
+		paid, err := markPaid(m, &inv, pay.PaidAt, received.ID.String())
 		if err != nil {
 			return InvoiceWithPayments{}, nil, err
 		}

@@ -1,0 +1,66 @@
+package postgres_test
+
+import (
+	"context"
+	neturl "net/url"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tally-dev/tally/internal/postgres"
+	"github.com/tally-dev/tally/internal/testenv"
+)
+
+func TestEnsureDatabaseThenMigrate(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	name := "tally_test_ensure_database"
+	u, err := neturl.Parse(testenv.ServerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	url := u.String()
+	admin, err := pgx.Connect(ctx, testenv.ServerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	t.Cleanup(func() { admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)") })
+
+	for range 2 { // the second call finds it and does nothing
+		if err := postgres.EnsureDatabase(ctx, url); err != nil {
+			t.Fatalf("EnsureDatabase: %v", err)
+		}
+	}
+	from, to, err := postgres.Migrate(ctx, url)
+	if err != nil || from != 0 || to < 2 {
+		t.Fatalf("first migration from %d to %d: %v", from, to, err)
+	}
+	again, to2, err := postgres.Migrate(ctx, url)
+	if err != nil || again != to || to2 != to {
+		t.Errorf("second migration from %d to %d (%v); want a no-op at %d", again, to2, err, to)
+	}
+	pool, err := postgres.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var shards int
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM outbox_heads JOIN relay_cursors USING (shard)").Scan(&shards); err != nil || shards != 64 {
+		t.Errorf("%d shards seeded (%v), want 64 with a head and a cursor each", shards, err)
+	}
+}
+
+func TestOpenNamesTheServerItCannotReach(t *testing.T) {
+	t.Parallel()
+	_, err := postgres.Open(context.Background(), "postgres://nobody:secret@127.0.0.1:1/x?connect_timeout=2")
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") || strings.Contains(err.Error(), "secret") {
+		t.Errorf("error %v: want one naming the server and never the password", err)
+	}
+	if _, err := postgres.Open(context.Background(), "::not a url"); err == nil {
+		t.Error("a malformed URL opened")
+	}
+}
