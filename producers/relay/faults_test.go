@@ -205,7 +205,8 @@ func TestRelaysShareShardsAndTakeOverFromADeadOne(t *testing.T) {
 	}
 	holders := func() map[int]int {
 		rows, err := pool.Query(ctx, `SELECT pid, count(*) FROM pg_locks
-			WHERE locktype = 'advisory' AND objsubid = 2 AND classid = $1::bigint::oid GROUP BY pid`, 0x54_41_4c_01)
+			WHERE locktype = 'advisory' AND objsubid = 2 AND classid = $1::bigint::oid
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) GROUP BY pid`, 0x54_41_4c_01)
 		if err != nil {
 			t.Fatal(err)
 		}
