@@ -11,7 +11,8 @@
 // transaction ran, and reads only what is new.
 //
 // The gotcha: from Write to commit, other writers of the same shard wait.
-// Call Write last, right before committing, and keep that stretch short.
+// Call Write last, right before committing, and keep that stretch short;
+// better, Queue the events and send them with COMMIT.
 package outbox
 
 import (
@@ -75,13 +76,28 @@ FROM h, unnest($3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::t
                              correlation_id, causation_id, traceparent, payload, ord)`
 
 // Write appends evs to the outbox in tx, each to its type's topic, keyed by
-// its subject. It validates every event (envelope attributes, payload size,
-// payload against its type's JSON Schema) before writing any, so an invalid
-// event writes nothing. Events of one key keep the order given.
+// its subject: Queue, then send. Call it last before committing.
+func Write(ctx context.Context, tx pgx.Tx, evs ...envelope.Event) error {
+	var b pgx.Batch
+	if err := Queue(&b, evs...); err != nil || b.Len() == 0 {
+		return err
+	}
+	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+		return fmt.Errorf("writing events to the outbox: %w", err)
+	}
+	return nil
+}
+
+// Queue validates evs and queues their writes on b, for a caller that sends
+// them with the last statements of its transaction (postgres.Tx.Commit sends
+// them with COMMIT, holding the shards for a single round trip). It
+// validates every event (envelope attributes, payload size, payload against
+// its type's JSON Schema) before queueing any, so an invalid event writes
+// nothing. Events of one key keep the order given.
 //
 // Shards are taken in ascending order, so two transactions writing to
 // several shards cannot deadlock on them.
-func Write(ctx context.Context, tx pgx.Tx, evs ...envelope.Event) error {
+func Queue(b *pgx.Batch, evs ...envelope.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
@@ -110,7 +126,6 @@ func Write(ctx context.Context, tx pgx.Tx, evs ...envelope.Event) error {
 	}
 	slices.SortStableFunc(rows, func(a, b row) int { return int(a.shard) - int(b.shard) })
 
-	var b pgx.Batch
 	for lo := 0; lo < len(rows); {
 		hi := lo + 1
 		for hi < len(rows) && rows[hi].shard == rows[lo].shard {
@@ -130,9 +145,6 @@ func Write(ctx context.Context, tx pgx.Tx, evs ...envelope.Event) error {
 				return nil
 			})
 		lo = hi
-	}
-	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
-		return fmt.Errorf("writing events to the outbox: %w", err)
 	}
 	return nil
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/tally-dev/tally/internal/envelope"
 	"github.com/tally-dev/tally/internal/observe"
 	"github.com/tally-dev/tally/internal/outbox"
+	"github.com/tally-dev/tally/internal/postgres"
 	"github.com/tally-dev/tally/producers/billing"
 )
 
@@ -174,7 +175,10 @@ type response struct {
 // same request gets the stored response and writes nothing. A concurrent
 // retry waits for the first to finish. Errors are not stored: nothing was
 // written, so a retry simply runs again.
-func (a *API) change(w http.ResponseWriter, r *http.Request, body []byte, fn func(context.Context, pgx.Tx, billing.Meta) (response, error)) {
+//
+// The events, the stored response and COMMIT travel in one round trip, so
+// the outbox shard is held only for it.
+func (a *API) change(w http.ResponseWriter, r *http.Request, body []byte, fn func(context.Context, billing.Tx, billing.Meta) (response, error)) {
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
 	m := meta(r)
@@ -187,14 +191,14 @@ func (a *API) change(w http.ResponseWriter, r *http.Request, body []byte, fn fun
 			return
 		}
 	}
-	fp := fingerprint(r, body)
-	tx, err := a.pool.Begin(ctx)
+	tx, err := postgres.Begin(ctx, a.pool)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
+	defer tx.Rollback(ctx)
 	if key != "" {
+		fp := fingerprint(r, body)
 		stored, err := claimKey(ctx, tx, key, fp)
 		if err != nil {
 			a.fail(w, r, err)
@@ -226,17 +230,15 @@ func (a *API) change(w http.ResponseWriter, r *http.Request, body []byte, fn fun
 			return
 		}
 	}
+	var last pgx.Batch
 	if key != "" {
-		if err := storeKey(ctx, tx, key, res.status, res.location, out); err != nil {
-			a.fail(w, r, err)
-			return
-		}
+		queueStoreKey(&last, key, res.status, res.location, out)
 	}
-	if err := outbox.Write(ctx, tx, res.events...); err != nil {
+	if err := outbox.Queue(&last, res.events...); err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	if err := tx.Commit(ctx); err != nil {
+	if err := tx.Commit(ctx, &last); err != nil {
 		a.fail(w, r, fmt.Errorf("committing: %w", err))
 		return
 	}
@@ -289,6 +291,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // fail answers an error: the client's fault as its problem, a database
 // outage as 503, anything else as 500 (logged with the request id).
 func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
+	err = billing.Explain(err)
 	if p, ok := problemOf(err); ok {
 		writeProblem(w, r, p)
 		return

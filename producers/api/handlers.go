@@ -8,15 +8,13 @@ import (
 	"net/url"
 	"strconv"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/tally-dev/tally/internal/envelope"
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/producers/billing"
 )
 
 // command is the shape of every billing command on one aggregate.
-type command[In, Out any] func(context.Context, pgx.Tx, billing.Meta, string, In) (Out, []envelope.Event, error)
+type command[In, Out any] func(context.Context, billing.Tx, billing.Meta, string, In) (Out, []envelope.Event, error)
 
 // mutate serves a command on the aggregate named by the path's {id}.
 // location, when set, makes the answer carry a Location header.
@@ -27,7 +25,7 @@ func mutate[In, Out any](a *API, status int, location func(Out) string, emptyBod
 		if !ok || !decode(w, r, body, &in) {
 			return
 		}
-		a.change(w, r, body, func(ctx context.Context, tx pgx.Tx, m billing.Meta) (response, error) {
+		a.change(w, r, body, func(ctx context.Context, tx billing.Tx, m billing.Meta) (response, error) {
 			out, evs, err := cmd(ctx, tx, m, r.PathValue("id"), in)
 			if err != nil {
 				return response{}, err
@@ -45,15 +43,15 @@ func mutate[In, Out any](a *API, status int, location func(Out) string, emptyBod
 }
 
 // created drops the path id of commands that make a new aggregate.
-func created[In, Out any](f func(context.Context, pgx.Tx, billing.Meta, In) (Out, []envelope.Event, error)) command[In, Out] {
-	return func(ctx context.Context, tx pgx.Tx, m billing.Meta, _ string, in In) (Out, []envelope.Event, error) {
+func created[In, Out any](f func(context.Context, billing.Tx, billing.Meta, In) (Out, []envelope.Event, error)) command[In, Out] {
+	return func(ctx context.Context, tx billing.Tx, m billing.Meta, _ string, in In) (Out, []envelope.Event, error) {
 		return f(ctx, tx, m, in)
 	}
 }
 
 // noInput adapts commands that take no body.
-func noInput[Out any](f func(context.Context, pgx.Tx, billing.Meta, string) (Out, []envelope.Event, error)) command[struct{}, Out] {
-	return func(ctx context.Context, tx pgx.Tx, m billing.Meta, id string, _ struct{}) (Out, []envelope.Event, error) {
+func noInput[Out any](f func(context.Context, billing.Tx, billing.Meta, string) (Out, []envelope.Event, error)) command[struct{}, Out] {
+	return func(ctx context.Context, tx billing.Tx, m billing.Meta, id string, _ struct{}) (Out, []envelope.Event, error) {
 		return f(ctx, tx, m, id)
 	}
 }

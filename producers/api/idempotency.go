@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/tally-dev/tally/internal/postgres"
 )
 
 type storedResponse struct {
@@ -19,11 +21,11 @@ type storedResponse struct {
 }
 
 // claimKey reserves key in tx. It returns nil when the key is new (the
-// caller goes on and stores its response with storeKey before committing),
+// caller goes on and stores its response with queueStoreKey as it commits),
 // or the response stored by an earlier request. A concurrent request with
 // the same key blocks in the INSERT until the first commits or rolls back,
 // which is what serialises retries.
-func claimKey(ctx context.Context, tx pgx.Tx, key string, fp []byte) (*storedResponse, error) {
+func claimKey(ctx context.Context, tx *postgres.Tx, key string, fp []byte) (*storedResponse, error) {
 	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (key, fingerprint, status, body)
 		VALUES ($1, $2, 0, '') ON CONFLICT (key) DO NOTHING`, key, fp)
 	if err != nil {
@@ -47,16 +49,13 @@ func claimKey(ctx context.Context, tx pgx.Tx, key string, fp []byte) (*storedRes
 	return &s, nil
 }
 
-func storeKey(ctx context.Context, tx pgx.Tx, key string, status int, location string, body []byte) error {
+// queueStoreKey queues the storing of a claimed key's response on b.
+func queueStoreKey(b *pgx.Batch, key string, status int, location string, body []byte) {
 	if body == nil {
 		body = []byte{}
 	}
-	_, err := tx.Exec(ctx, `UPDATE idempotency_keys SET status = $2, location = $3, body = $4 WHERE key = $1`,
+	b.Queue(`UPDATE idempotency_keys SET status = $2, location = $3, body = $4 WHERE key = $1`,
 		key, status, location, body)
-	if err != nil {
-		return fmt.Errorf("storing idempotent response: %w", err)
-	}
-	return nil
 }
 
 // ExpireKeys deletes stored Idempotency-Key responses older than ttl, every

@@ -126,16 +126,40 @@ func newID(prefix string) string {
 	return prefix + "_" + hex.EncodeToString(u[:])
 }
 
-// PostgreSQL error codes the commands translate.
-const (
-	uniqueViolation     = "23505"
-	foreignKeyViolation = "23503"
-)
-
-func pgCode(err error) string {
+// Explain turns a database error that is really the client's into the
+// command error it means: a taken id is ErrConflict, an unknown customer a
+// ValidationError. Commands queue their writes (see Tx), so these errors
+// can surface as late as the commit; callers pass every error of a change,
+// the commit's included, through Explain. Other errors are returned as
+// they are.
+func Explain(err error) error {
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
+	if !errors.As(err, &pe) {
+		return err
 	}
-	return ""
+	key := keyValue(pe.Detail)
+	switch pe.ConstraintName {
+	case "customers_pkey":
+		return fmt.Errorf("%w: customer %q already exists", ErrConflict, key)
+	case "invoices_pkey":
+		return fmt.Errorf("%w: invoice %q already exists", ErrConflict, key)
+	case "payments_pkey":
+		return fmt.Errorf("%w: payment %q already exists", ErrConflict, key)
+	case "invoices_customer_id_fkey":
+		return &ValidationError{[]FieldError{{"customer_id", fmt.Sprintf("no customer %q", key)}}}
+	}
+	return err
+}
+
+// keyValue reads the value out of a constraint violation's detail, such as
+// `Key (id)=(inv-1) already exists.`
+func keyValue(detail string) string {
+	_, rest, ok := strings.Cut(detail, ")=(")
+	if !ok {
+		return ""
+	}
+	if i := strings.LastIndex(rest, ")"); i >= 0 {
+		return rest[:i]
+	}
+	return rest
 }

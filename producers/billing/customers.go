@@ -46,7 +46,7 @@ func checkEmail(p *problems, email string) {
 }
 
 // CreateCustomer adds a customer and returns its created event.
-func CreateCustomer(ctx context.Context, tx pgx.Tx, m Meta, in CustomerInput) (Customer, []envelope.Event, error) {
+func CreateCustomer(ctx context.Context, tx Tx, m Meta, in CustomerInput) (Customer, []envelope.Event, error) {
 	var p problems
 	id := checkID(&p, in.ID, "cus")
 	if in.Name == nil {
@@ -64,14 +64,8 @@ func CreateCustomer(ctx context.Context, tx pgx.Tx, m Meta, in CustomerInput) (C
 	}
 	now := m.now()
 	c := Customer{ID: id, Name: *in.Name, Email: *in.Email, Version: 1, CreatedAt: now, UpdatedAt: now}
-	_, err := tx.Exec(ctx, `INSERT INTO customers (id, name, email, version, created_at, updated_at)
+	tx.Queue(`INSERT INTO customers (id, name, email, version, created_at, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6)`, c.ID, c.Name, c.Email, c.Version, c.CreatedAt, c.UpdatedAt)
-	if pgCode(err) == uniqueViolation {
-		return Customer{}, nil, fmt.Errorf("%w: customer %q already exists", ErrConflict, id)
-	}
-	if err != nil {
-		return Customer{}, nil, fmt.Errorf("inserting customer: %w", err)
-	}
 	ev, err := m.event("tally.customer.created.v1", c.ID, c.Version, "", c)
 	if err != nil {
 		return Customer{}, nil, err
@@ -81,7 +75,7 @@ func CreateCustomer(ctx context.Context, tx pgx.Tx, m Meta, in CustomerInput) (C
 
 // UpdateCustomer patches a customer. A patch that changes nothing returns
 // the customer as it is and no event.
-func UpdateCustomer(ctx context.Context, tx pgx.Tx, m Meta, id string, in CustomerInput) (Customer, []envelope.Event, error) {
+func UpdateCustomer(ctx context.Context, tx Tx, m Meta, id string, in CustomerInput) (Customer, []envelope.Event, error) {
 	var p problems
 	if in.ID != nil && *in.ID != id {
 		p.add("id", "cannot change")
@@ -114,11 +108,8 @@ func UpdateCustomer(ctx context.Context, tx pgx.Tx, m Meta, id string, in Custom
 	}
 	next.Version++
 	next.UpdatedAt = m.now()
-	_, err = tx.Exec(ctx, `UPDATE customers SET name = $2, email = $3, version = $4, updated_at = $5 WHERE id = $1`,
+	tx.Queue(`UPDATE customers SET name = $2, email = $3, version = $4, updated_at = $5 WHERE id = $1`,
 		next.ID, next.Name, next.Email, next.Version, next.UpdatedAt)
-	if err != nil {
-		return Customer{}, nil, fmt.Errorf("updating customer: %w", err)
-	}
 	ev, err := m.event("tally.customer.updated.v1", next.ID, next.Version, "", next)
 	if err != nil {
 		return Customer{}, nil, err
@@ -152,4 +143,13 @@ func getCustomer(ctx context.Context, q Querier, id string, lock bool) (Customer
 type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// Tx is the transaction a command runs in (a postgres.Tx). Commands Queue
+// the writes whose outcome they do not need to know at once, so that they
+// travel with the next statement or the commit; errors they cause come back
+// from there, through Explain.
+type Tx interface {
+	Querier
+	Queue(sql string, args ...any)
 }

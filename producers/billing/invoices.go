@@ -267,7 +267,7 @@ func apply(p *problems, inv *Invoice, in InvoiceInput, creating bool) {
 // CreateInvoice issues an open invoice and returns its created event. An
 // invoice whose total is zero is settled at once: created is followed by
 // paid, dated the issue date.
-func CreateInvoice(ctx context.Context, tx pgx.Tx, m Meta, in InvoiceInput) (InvoiceWithPayments, []envelope.Event, error) {
+func CreateInvoice(ctx context.Context, tx Tx, m Meta, in InvoiceInput) (InvoiceWithPayments, []envelope.Event, error) {
 	var p problems
 	now := m.now()
 	inv := Invoice{ID: checkID(&p, in.ID, "inv"), Status: StatusOpen, Version: 1, CreatedAt: now, UpdatedAt: now}
@@ -293,20 +293,11 @@ func CreateInvoice(ctx context.Context, tx pgx.Tx, m Meta, in InvoiceInput) (Inv
 	if err != nil {
 		return InvoiceWithPayments{}, nil, fmt.Errorf("encoding invoice lines: %w", err)
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO invoices (id, customer_id, currency, status, issued_at, due_at, lines,
+	tx.Queue(`INSERT INTO invoices (id, customer_id, currency, status, issued_at, due_at, lines,
 			subtotal, discount, tax, total, amount_paid, paid_at, version, created_at, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $13, $14, $15)`,
 		inv.ID, inv.CustomerID, inv.Currency, inv.Status, inv.IssuedAt, inv.DueAt, lines,
 		inv.Subtotal, inv.Discount, inv.Tax, inv.Total, inv.PaidAt, inv.Version, inv.CreatedAt, inv.UpdatedAt)
-	switch pgCode(err) {
-	case "":
-	case uniqueViolation:
-		return InvoiceWithPayments{}, nil, fmt.Errorf("%w: invoice %q already exists", ErrConflict, inv.ID)
-	case foreignKeyViolation:
-		return InvoiceWithPayments{}, nil, &ValidationError{[]FieldError{{"customer_id", fmt.Sprintf("no customer %q", inv.CustomerID)}}}
-	default:
-		return InvoiceWithPayments{}, nil, fmt.Errorf("inserting invoice: %w", err)
-	}
 	return InvoiceWithPayments{inv, []Payment{}}, evs, nil
 }
 
@@ -322,7 +313,7 @@ func markPaid(m Meta, inv *Invoice, on date.Date, cause string) (envelope.Event,
 // returns the invoice and no event. The new total must cover what was paid;
 // a total equal to it (zero included) settles the invoice, which then also
 // emits paid, dated today.
-func UpdateInvoice(ctx context.Context, tx pgx.Tx, m Meta, id string, in InvoiceInput) (InvoiceWithPayments, []envelope.Event, error) {
+func UpdateInvoice(ctx context.Context, tx Tx, m Meta, id string, in InvoiceInput) (InvoiceWithPayments, []envelope.Event, error) {
 	var p problems
 	if in.ID != nil && *in.ID != id {
 		p.add("id", "cannot change")
@@ -368,7 +359,7 @@ func UpdateInvoice(ctx context.Context, tx pgx.Tx, m Meta, id string, in Invoice
 		}
 		evs = append(evs, paid)
 	}
-	if err := saveInvoice(ctx, tx, next); err != nil {
+	if err := saveInvoice(tx, next); err != nil {
 		return InvoiceWithPayments{}, nil, err
 	}
 	return withPayments(ctx, tx, next, evs)
@@ -392,7 +383,7 @@ func sameInvoice(a, b Invoice) bool {
 
 // PayInvoice records a payment. The payment that settles the invoice also
 // emits paid, caused by its payment_received.
-func PayInvoice(ctx context.Context, tx pgx.Tx, m Meta, id string, in PaymentInput) (InvoiceWithPayments, []envelope.Event, error) {
+func PayInvoice(ctx context.Context, tx Tx, m Meta, id string, in PaymentInput) (InvoiceWithPayments, []envelope.Event, error) {
 	var p problems
 	payID := checkID(&p, in.ID, "pay")
 	switch {
@@ -417,14 +408,8 @@ func PayInvoice(ctx context.Context, tx pgx.Tx, m Meta, id string, in PaymentInp
 	}
 	now := m.now()
 	pay := Payment{ID: payID, InvoiceID: id, Amount: *in.Amount, PaidAt: paidAt, CreatedAt: now}
-	_, err = tx.Exec(ctx, `INSERT INTO payments (id, invoice_id, amount, paid_at, created_at) VALUES ($1, $2, $3, $4, $5)`,
+	tx.Queue(`INSERT INTO payments (id, invoice_id, amount, paid_at, created_at) VALUES ($1, $2, $3, $4, $5)`,
 		pay.ID, pay.InvoiceID, pay.Amount, pay.PaidAt, pay.CreatedAt)
-	if pgCode(err) == uniqueViolation {
-		return InvoiceWithPayments{}, nil, fmt.Errorf("%w: payment %q already exists", ErrConflict, payID)
-	}
-	if err != nil {
-		return InvoiceWithPayments{}, nil, fmt.Errorf("inserting payment: %w", err)
-	}
 	inv.AmountPaid += pay.Amount
 	inv.AmountDue -= pay.Amount
 	inv.Version++
@@ -444,7 +429,7 @@ func PayInvoice(ctx context.Context, tx pgx.Tx, m Meta, id string, in PaymentInp
 		}
 		evs = append(evs, paid)
 	}
-	if err := saveInvoice(ctx, tx, inv); err != nil {
+	if err := saveInvoice(tx, inv); err != nil {
 		return InvoiceWithPayments{}, nil, err
 	}
 	return withPayments(ctx, tx, inv, evs)
@@ -463,7 +448,7 @@ type paymentReceived struct {
 }
 
 // VoidInvoice voids an open invoice; its payments, if any, stay recorded.
-func VoidInvoice(ctx context.Context, tx pgx.Tx, m Meta, id string) (InvoiceWithPayments, []envelope.Event, error) {
+func VoidInvoice(ctx context.Context, tx Tx, m Meta, id string) (InvoiceWithPayments, []envelope.Event, error) {
 	inv, err := lockOpenInvoice(ctx, tx, id, "void")
 	if err != nil {
 		return InvoiceWithPayments{}, nil, err
@@ -475,7 +460,7 @@ func VoidInvoice(ctx context.Context, tx pgx.Tx, m Meta, id string) (InvoiceWith
 	if err != nil {
 		return InvoiceWithPayments{}, nil, err
 	}
-	if err := saveInvoice(ctx, tx, inv); err != nil {
+	if err := saveInvoice(tx, inv); err != nil {
 		return InvoiceWithPayments{}, nil, err
 	}
 	return withPayments(ctx, tx, inv, []envelope.Event{ev})
@@ -483,7 +468,7 @@ func VoidInvoice(ctx context.Context, tx pgx.Tx, m Meta, id string) (InvoiceWith
 
 // DeleteInvoice deletes an open invoice that has no payment. The row stays,
 // marked deleted, so its audit trail and id remain.
-func DeleteInvoice(ctx context.Context, tx pgx.Tx, m Meta, id string) (Invoice, []envelope.Event, error) {
+func DeleteInvoice(ctx context.Context, tx Tx, m Meta, id string) (Invoice, []envelope.Event, error) {
 	inv, err := lockOpenInvoice(ctx, tx, id, "delete")
 	if err != nil {
 		return Invoice{}, nil, err
@@ -498,7 +483,7 @@ func DeleteInvoice(ctx context.Context, tx pgx.Tx, m Meta, id string) (Invoice, 
 	if err != nil {
 		return Invoice{}, nil, err
 	}
-	if err := saveInvoice(ctx, tx, inv); err != nil {
+	if err := saveInvoice(tx, inv); err != nil {
 		return Invoice{}, nil, err
 	}
 	return inv, []envelope.Event{ev}, nil
@@ -528,7 +513,7 @@ func withPayments(ctx context.Context, q Querier, inv Invoice, evs []envelope.Ev
 }
 
 // lockOpenInvoice reads and locks an invoice that action requires open.
-func lockOpenInvoice(ctx context.Context, tx pgx.Tx, id, action string) (Invoice, error) {
+func lockOpenInvoice(ctx context.Context, tx Tx, id, action string) (Invoice, error) {
 	inv, err := getInvoice(ctx, tx, id, true)
 	if err != nil {
 		return Invoice{}, err
@@ -577,45 +562,37 @@ func getInvoice(ctx context.Context, q Querier, id string, lock bool) (Invoice, 
 	return inv, nil
 }
 
-func saveInvoice(ctx context.Context, tx pgx.Tx, inv Invoice) error {
+func saveInvoice(tx Tx, inv Invoice) error {
 	lines, err := json.Marshal(inv.Lines)
 	if err != nil {
 		return fmt.Errorf("encoding invoice lines: %w", err)
 	}
-	_, err = tx.Exec(ctx, `UPDATE invoices SET customer_id = $2, currency = $3, status = $4, issued_at = $5,
+	tx.Queue(`UPDATE invoices SET customer_id = $2, currency = $3, status = $4, issued_at = $5,
 			due_at = $6, lines = $7, subtotal = $8, discount = $9, tax = $10, total = $11, amount_paid = $12,
 			paid_at = $13, voided_at = $14, deleted_at = $15, version = $16, updated_at = $17
 		WHERE id = $1`,
 		inv.ID, inv.CustomerID, inv.Currency, inv.Status, inv.IssuedAt, inv.DueAt, lines, inv.Subtotal,
 		inv.Discount, inv.Tax, inv.Total, inv.AmountPaid, inv.PaidAt, inv.VoidedAt, inv.DeletedAt, inv.Version,
 		inv.UpdatedAt)
-	switch pgCode(err) {
-	case "":
-		return nil
-	case foreignKeyViolation:
-		return &ValidationError{[]FieldError{{"customer_id", fmt.Sprintf("no customer %q", inv.CustomerID)}}}
-	default:
-		return fmt.Errorf("updating invoice: %w", err)
-	}
+	return nil
 }
 
+// payments reads an invoice's payments in one row (a JSON array), so that,
+// in a Tx, the read travels with the writes queued before it.
 func payments(ctx context.Context, q Querier, invoiceID string) ([]Payment, error) {
-	rows, err := q.Query(ctx, `SELECT id, invoice_id, amount, paid_at, created_at FROM payments
-		WHERE invoice_id = $1 ORDER BY created_at, id`, invoiceID)
+	var b []byte
+	err := q.QueryRow(ctx, `SELECT coalesce(json_agg(json_build_object('id', id, 'invoice_id', invoice_id,
+			'amount', amount, 'paid_at', paid_at, 'created_at', created_at) ORDER BY created_at, id), '[]')
+		FROM payments WHERE invoice_id = $1`, invoiceID).Scan(&b)
 	if err != nil {
 		return nil, fmt.Errorf("reading payments: %w", err)
 	}
-	pays, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Payment, error) {
-		var p Payment
-		err := r.Scan(&p.ID, &p.InvoiceID, &p.Amount, &p.PaidAt, &p.CreatedAt)
-		p.CreatedAt = p.CreatedAt.UTC()
-		return p, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("reading payments: %w", err)
+	pays := []Payment{}
+	if err := json.Unmarshal(b, &pays); err != nil {
+		return nil, fmt.Errorf("decoding payments: %w", err)
 	}
-	if pays == nil {
-		pays = []Payment{}
+	for i := range pays {
+		pays[i].CreatedAt = pays[i].CreatedAt.UTC()
 	}
 	return pays, nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tally-dev/tally/internal/devkafka"
+	"github.com/tally-dev/tally/internal/observe"
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/producers/api"
 )
@@ -43,13 +44,15 @@ func APICreate(ctx context.Context, serverURL string, clients int, d time.Durati
 	defer ncancel()
 	go notifier.Run(nctx)
 
+	// Wired as `tally api` wires it: metrics and tracing included.
 	mux := http.NewServeMux()
 	api.New(db.pool, notifier, log, api.Config{MaxBodyBytes: 1 << 20, IdempotencyTTL: time.Hour}).Register(mux)
+	handler := observe.NewHTTPMetrics(observe.NewRegistry()).Wrap(observe.NewTracer(), mux, api.Handler(mux))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
 	}
-	srv := &http.Server{Handler: api.Handler(mux)}
+	srv := &http.Server{Handler: handler}
 	go srv.Serve(ln)
 	defer srv.Close()
 	base := "http://" + ln.Addr().String()
