@@ -148,6 +148,8 @@ func startRelay(p *process, brokers []string) error {
 		relay.WithBatchSize(p.cfg.RelayBatchSize),
 		relay.WithPollInterval(p.cfg.RelayPollInterval),
 		relay.WithRetention(p.cfg.EventRetention),
+		// Half the shutdown timeout leaves the other half to the rest.
+		relay.WithDrainTimeout(p.cfg.ShutdownTimeout/2),
 	)
 	if err != nil {
 		return err

@@ -44,16 +44,9 @@ func Of(t time.Time) Date {
 // New returns the date y-m-d, normalising out-of-range values as time.Date does.
 func New(y int, m time.Month, d int) Date { return Date{time.Date(y, m, d, 0, 0, 0, 0, time.UTC)} }
 
-// Today returns the current UTC date.
-func Today() Date { return Of(time.Now()) }
-
 func (d Date) String() string               { return d.t.Format(layout) }
 func (d Date) IsZero() bool                 { return d.t.IsZero() }
-func (d Date) Time() time.Time              { return d.t }
 func (d Date) Before(o Date) bool           { return d.t.Before(o.t) }
-func (d Date) After(o Date) bool            { return d.t.After(o.t) }
-func (d Date) AddDays(n int) Date           { return Date{d.t.AddDate(0, 0, n)} }
-func (d Date) Compare(o Date) int           { return d.t.Compare(o.t) }
 func (d Date) DaysSince(o Date) int         { return int(d.t.Sub(o.t).Hours() / 24) }
 func (d Date) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 

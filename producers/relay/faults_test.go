@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -296,4 +297,31 @@ func TestRelayRetriesFailedProducesInOrder(t *testing.T) {
 			checkOrder(t, got, ks, 10, tc.lastOnly)
 		})
 	}
+}
+
+// A relay asked to stop while Kafka answers nothing still stops, within its
+// drain timeout, and what it could not deliver is published later.
+func TestRelayStopsWhileKafkaHangs(t *testing.T) {
+	t.Parallel()
+	pool, _ := testenv.Pool(t)
+	c, seeds := testenv.Kafka(t)
+	writeVersions(t, pool, "k", 1, 3)
+	release := make(chan struct{})
+	var parked atomic.Int32
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		parked.Add(1)
+		c.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	stop := startRelay(t, context.Background(), pool, seeds, relay.WithDrainTimeout(300*time.Millisecond))
+	waitFor(t, 10*time.Second, "a produce request parked at the broker", func() bool { return parked.Load() > 0 })
+	began := time.Now()
+	stop()
+	if took := time.Since(began); took > 5*time.Second {
+		t.Errorf("stopping took %s with a 300ms drain timeout", took)
+	}
+	close(release)
+	startRelay(t, context.Background(), pool, seeds)
+	got := consume(t, seeds, topic, 3, 20*time.Second)
+	checkOrder(t, got, []string{"k"}, 3, false)
 }

@@ -11,11 +11,6 @@ import (
 	"github.com/tally-dev/tally/internal/outbox"
 )
 
-// drainTimeout bounds how long a stopping relay waits for Kafka to
-// acknowledge what it has in flight. What is not acknowledged by then is
-// published again by the next owner of its shard.
-const drainTimeout = 10 * time.Second
-
 // own keeps the relay's membership and its share of the shards until ctx
 // ends, reconnecting after a lost lock connection.
 func (r *Relay) own(ctx context.Context, pumpDone <-chan struct{}) {
@@ -185,7 +180,7 @@ func (r *Relay) releaseDrained(ctx context.Context, conn *pgx.Conn) error {
 // shard.
 func (r *Relay) leave(ctx context.Context, conn *pgx.Conn, pumpDone <-chan struct{}) error {
 	<-pumpDone
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.drain)
 	defer cancel()
 	r.mu.Lock()
 	for _, s := range r.shards {
@@ -194,7 +189,7 @@ func (r *Relay) leave(ctx context.Context, conn *pgx.Conn, pumpDone <-chan struc
 	r.mu.Unlock()
 	if err := r.client.Flush(ctx); err != nil {
 		r.log.Warn("relay stopping before Kafka acknowledged everything; the rest is published again later", "err", err)
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.drain)
 		defer cancel()
 		if err := r.client.AbortBufferedRecords(actx); err != nil {
 			r.log.Warn("relay aborting buffered records", "err", err)
@@ -223,7 +218,7 @@ func (r *Relay) abandon(ctx context.Context) {
 		s.draining = true
 	}
 	r.mu.Unlock()
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.drain)
 	defer cancel()
 	if err := r.client.AbortBufferedRecords(actx); err != nil {
 		r.log.Warn("relay aborting buffered records", "err", err)

@@ -71,6 +71,12 @@ func WithPollInterval(d time.Duration) Option { return func(r *Relay) { r.poll =
 // its locks; this bounds how long its shards stay unowned.
 func WithRebalanceInterval(d time.Duration) Option { return func(r *Relay) { r.rebalance = d } }
 
+// WithDrainTimeout bounds how long a stopping relay waits for Kafka to
+// acknowledge what it has in flight (default 10s); what is not acknowledged
+// by then is published again by the shard's next owner. Keep it below the
+// process's shutdown timeout.
+func WithDrainTimeout(d time.Duration) Option { return func(r *Relay) { r.drain = d } }
+
 // WithRetention makes the relay delete published events written more than
 // d ago, checking every hour; the outbox is also the audit trail, so this is
 // how long it lasts. Zero, the default, keeps events forever. Unpublished
@@ -101,6 +107,7 @@ type Relay struct {
 	poll      time.Duration
 	rebalance time.Duration
 	retention time.Duration
+	drain     time.Duration
 	m         *metrics
 
 	wake  chan struct{} // cap 1: something may be readable
@@ -135,14 +142,15 @@ func New(pool *pgxpool.Pool, opts ...Option) (*Relay, error) {
 		batch:     1000,
 		poll:      time.Second,
 		rebalance: time.Second,
+		drain:     10 * time.Second,
 		wake:      make(chan struct{}, 1),
 		shards:    make(map[int16]*shard),
 	}
 	for _, o := range opts {
 		o(r)
 	}
-	if r.batch < 1 || r.poll <= 0 || r.rebalance <= 0 || r.retention < 0 {
-		return nil, errors.New("relay: batch size, poll and rebalance intervals must be positive, retention not negative")
+	if r.batch < 1 || r.poll <= 0 || r.rebalance <= 0 || r.drain <= 0 || r.retention < 0 {
+		return nil, errors.New("relay: batch size, poll, rebalance and drain durations must be positive, retention not negative")
 	}
 	r.m = newMetrics(pool)
 	if r.reg != nil {
@@ -180,6 +188,14 @@ func (r *Relay) Ready() bool { return r.ready.Load() }
 // closes its producer. It returns nil after a clean stop.
 func (r *Relay) Run(ctx context.Context) error {
 	defer r.client.Close()
+	// Records handed to the producer outlive ctx, so that a stopping relay
+	// delivers them instead of failing them; but only for the drain
+	// timeout, so that a stop while Kafka is unreachable still ends.
+	pctx, pcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer pcancel()
+	stopDrain := context.AfterFunc(ctx, func() { time.AfterFunc(r.drain, pcancel) })
+	defer stopDrain()
+
 	var wg sync.WaitGroup
 	pumpDone := make(chan struct{})
 	wg.Add(3)
@@ -188,7 +204,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); r.prune(ctx, time.Hour) }()
 	}
 	go func() { defer wg.Done(); r.listen(ctx) }()
-	go func() { defer wg.Done(); defer close(pumpDone); r.pump(ctx) }()
+	go func() { defer wg.Done(); defer close(pumpDone); r.pump(ctx, pctx) }()
 	go func() { defer wg.Done(); r.saveLoop(ctx, pumpDone) }()
 	r.own(ctx, pumpDone)
 	wg.Wait()
@@ -243,9 +259,9 @@ func (r *Relay) listenOnce(ctx context.Context, bo backoff.BackOff) error {
 	}
 }
 
-// pump reads owned shards and hands their events to the producer until ctx
-// ends.
-func (r *Relay) pump(ctx context.Context) {
+// pump reads owned shards and hands their events to the producer, under
+// pctx, until ctx ends.
+func (r *Relay) pump(ctx, pctx context.Context) {
 	poll := time.NewTimer(r.poll)
 	defer poll.Stop()
 	bo := newBackoff()
@@ -272,7 +288,7 @@ func (r *Relay) pump(ctx context.Context) {
 		clear(counts)
 		err := outbox.Fetch(ctx, r.pool, wants, func(rec *outbox.Record) error {
 			counts[rec.Shard]++
-			r.produce(ctx, rec)
+			r.produce(pctx, rec)
 			return nil
 		})
 		if err != nil {
@@ -354,9 +370,7 @@ func (r *Relay) produce(ctx context.Context, rec *outbox.Record) {
 	kr := rec.Event.Record(rec.Topic)
 	kr.Key = []byte(rec.Key)
 	written := rec.Event.Time
-	// Not ctx: a record handed over must not fail because the relay is
-	// stopping; leave waits for it (within drainTimeout) instead.
-	r.client.Produce(context.WithoutCancel(ctx), kr, func(kr *kgo.Record, err error) {
+	r.client.Produce(ctx, kr, func(kr *kgo.Record, err error) {
 		r.acked(s, rec.Seq, kr.Topic, written, err)
 	})
 }
