@@ -43,9 +43,13 @@ const Channel = "tally_outbox"
 // write time keeps an unpublishable record from ever blocking its shard.
 const MaxPayloadBytes = 900 << 10
 
-// ErrInvalidEvent is wrapped by Write's errors about the events themselves
-// (as opposed to database errors).
-var ErrInvalidEvent = errors.New("outbox: invalid event")
+// Errors of Queue and Write about the events themselves (as opposed to
+// database errors). Both wrap ErrInvalidEvent.
+var (
+	ErrInvalidEvent = errors.New("outbox: invalid event")
+	// ErrTooLarge: a payload exceeds MaxPayloadBytes.
+	ErrTooLarge = fmt.Errorf("%w: payload too large", ErrInvalidEvent)
+)
 
 // Querier is what the read functions need: a pool, a connection or a
 // transaction.
@@ -62,15 +66,18 @@ func ShardOf(key string) int16 {
 	return int16(h.Sum32() % Shards)
 }
 
+// insertSQL claims n positions of a shard and writes the events at them.
+// Should the shard have no head row, seq is NULL and the statement fails on
+// the server, failing the transaction, rather than writing nothing.
 const insertSQL = `
 WITH h AS (
 	UPDATE outbox_heads SET head = head + $2::bigint WHERE shard = $1 RETURNING head - $2::bigint AS base
 )
 INSERT INTO outbox (shard, seq, topic, key, id, type, source, subject, sequence, time,
                     correlation_id, causation_id, traceparent, payload)
-SELECT $1, h.base + e.ord, e.topic, e.key, e.id, e.type, e.source, e.subject, e.sequence, e.time,
+SELECT $1, (SELECT base FROM h) + e.ord, e.topic, e.key, e.id, e.type, e.source, e.subject, e.sequence, e.time,
        e.correlation_id, e.causation_id, e.traceparent, e.payload
-FROM h, unnest($3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::bigint[],
+FROM unnest($3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::bigint[],
                $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::bytea[])
         WITH ORDINALITY AS e(topic, key, id, type, source, subject, sequence, time,
                              correlation_id, causation_id, traceparent, payload, ord)`
@@ -113,7 +120,7 @@ func Queue(b *pgx.Batch, evs ...envelope.Event) error {
 			return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
 		}
 		if len(ev.Data) > MaxPayloadBytes {
-			return fmt.Errorf("%w: %s payload is %d bytes, more than %d", ErrInvalidEvent, ev.Type, len(ev.Data), MaxPayloadBytes)
+			return fmt.Errorf("%w: %s payload is %d bytes, more than %d", ErrTooLarge, ev.Type, len(ev.Data), MaxPayloadBytes)
 		}
 		topic, ok := topics.TopicOf(ev.Type)
 		if !ok {
@@ -135,15 +142,8 @@ func Queue(b *pgx.Batch, evs ...envelope.Event) error {
 		for _, r := range rows[lo:hi] {
 			c.add(r.topic, r.ev)
 		}
-		want := int64(hi - lo)
-		b.Queue(insertSQL, rows[lo].shard, want, c.topic, c.key, c.id, c.typ, c.source, c.subject,
-			c.sequence, c.time, c.correlation, c.causation, c.trace, c.payload).
-			Exec(func(tag pgconn.CommandTag) error {
-				if tag.RowsAffected() != want {
-					return fmt.Errorf("outbox: wrote %d of %d events (is outbox_heads seeded?)", tag.RowsAffected(), want)
-				}
-				return nil
-			})
+		b.Queue(insertSQL, rows[lo].shard, int64(hi-lo), c.topic, c.key, c.id, c.typ, c.source, c.subject,
+			c.sequence, c.time, c.correlation, c.causation, c.trace, c.payload)
 		lo = hi
 	}
 	return nil

@@ -168,14 +168,14 @@ func TestFetchBacklogCursorsTrailAndPrune(t *testing.T) {
 		t.Errorf("backlog %d oldest %s, want 5 and %s", pending, oldest, old)
 	}
 
+	recs, err := outbox.Fetch(ctx, pool, []outbox.Want{{Shard: shard, After: 1, Limit: 3}})
 	var seqs []int64
-	err = outbox.Fetch(ctx, pool, []outbox.Want{{Shard: shard, After: 1, Limit: 3}}, func(r *outbox.Record) error {
+	for _, r := range recs {
 		seqs = append(seqs, r.Seq)
 		if r.Topic != "tally.customers.v1" || r.Key != "k" || r.Event.Subject != "k" {
 			t.Errorf("record topic %q key %q", r.Topic, r.Key)
 		}
-		return nil
-	})
+	}
 	if err != nil || fmt.Sprint(seqs) != "[2 3 4]" {
 		t.Errorf("fetch after 1 limit 3: %v %v, want [2 3 4]", seqs, err)
 	}
@@ -200,7 +200,10 @@ func TestFetchBacklogCursorsTrailAndPrune(t *testing.T) {
 	}
 
 	// Versions 1..3 are old; 4 is new; 5 is unpublished. Only 1..3 go.
-	n, err := outbox.Prune(ctx, pool, time.Now().Add(-24*time.Hour), 2)
+	if n, err := outbox.Prune(ctx, pool, []int16{(shard + 1) % outbox.Shards}, time.Now().Add(-24*time.Hour), 2); err != nil || n != 0 {
+		t.Errorf("pruning another shard deleted %d (%v)", n, err)
+	}
+	n, err := outbox.Prune(ctx, pool, []int16{shard}, time.Now().Add(-24*time.Hour), 2)
 	if err != nil || n != 3 {
 		t.Errorf("pruned %d (%v), want the 3 old published events", n, err)
 	}
@@ -208,7 +211,7 @@ func TestFetchBacklogCursorsTrailAndPrune(t *testing.T) {
 	if len(evs) != 2 || evs[0].Sequence != 4 {
 		t.Errorf("after pruning, trail holds %d events starting at %d", len(evs), evs[0].Sequence)
 	}
-	n, _ = outbox.Prune(ctx, pool, time.Now().Add(time.Hour), 10)
+	n, _ = outbox.Prune(ctx, pool, []int16{shard}, time.Now().Add(time.Hour), 10)
 	if n != 1 {
 		t.Errorf("pruning everything published deleted %d, want 1 (version 5 is unpublished)", n)
 	}

@@ -35,39 +35,43 @@ type Want struct {
 	Limit int
 }
 
-// Fetch reads what ws ask for in one query and calls fn with each record,
-// in seq order within a shard. It stops at fn's first error and returns it.
-// fn may keep the record, its payload included.
-func Fetch(ctx context.Context, q Querier, ws []Want, fn func(*Record) error) error {
+// Fetch reads what ws ask for in one query and returns the records in the
+// order of ws, and in seq order within a shard. It reads them all before
+// returning, so that a caller that is slow to use them (a producer waiting
+// for Kafka) does not hold a snapshot open, which would hold back vacuum in
+// the whole database.
+func Fetch(ctx context.Context, q Querier, ws []Want) ([]*Record, error) {
 	shards := make([]int16, len(ws))
 	after := make([]int64, len(ws))
 	limits := make([]int64, len(ws))
+	n := 0
 	for i, w := range ws {
 		shards[i], after[i], limits[i] = w.Shard, w.After, int64(w.Limit)
+		n += w.Limit
 	}
 	rows, err := q.Query(ctx, `
 		SELECT `+columnsSQL+`
-		FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS c(shard, after, lim)
+		FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS c(shard, after, lim, ord)
 		CROSS JOIN LATERAL (
 			SELECT * FROM outbox WHERE outbox.shard = c.shard AND outbox.seq > c.after ORDER BY seq LIMIT c.lim
-		) o`, shards, after, limits)
+		) o
+		ORDER BY c.ord, o.seq`, shards, after, limits)
 	if err != nil {
-		return fmt.Errorf("reading the outbox: %w", err)
+		return nil, fmt.Errorf("reading the outbox: %w", err)
 	}
 	defer rows.Close()
+	recs := make([]*Record, 0, min(n, 4096))
 	for rows.Next() {
 		r := new(Record)
 		if err := scanRecord(rows, r); err != nil {
-			return fmt.Errorf("reading the outbox: %w", err)
+			return nil, fmt.Errorf("reading the outbox: %w", err)
 		}
-		if err := fn(r); err != nil {
-			return err
-		}
+		recs = append(recs, r)
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("reading the outbox: %w", err)
+		return nil, fmt.Errorf("reading the outbox: %w", err)
 	}
-	return nil
+	return recs, nil
 }
 
 // Cursor returns the relay's position in shard: every event with a lower or
@@ -138,12 +142,15 @@ func Trail(ctx context.Context, q Querier, topic, key string, after int64, limit
 	return evs, nil
 }
 
-// Prune deletes published events written before cutoff, at most batch per
-// shard per round, until a round deletes nothing, and returns how many it
-// deleted. It never deletes an event the relay has not published. Within a
-// shard it stops at the first event newer than cutoff, so an event may
-// outlive its retention while an older-looking one waits behind it.
-func Prune(ctx context.Context, q Querier, cutoff time.Time, batch int) (int64, error) {
+// Prune deletes events of the given shards that the relay has published
+// and that were written before cutoff, at most batch per shard per
+// statement, until a statement deletes nothing, and returns how many it
+// deleted. It never deletes an event the relay has not published. Each
+// statement looks at the oldest batch events of a shard only, so an event
+// newer than cutoff stops the shard's pruning until it ages: retention is a
+// lower bound. Give each shard to one pruner at a time (the relay prunes the
+// shards it owns), or concurrent pruners wait on each other's rows.
+func Prune(ctx context.Context, q Querier, shards []int16, cutoff time.Time, batch int) (int64, error) {
 	var total int64
 	for {
 		tag, err := q.Exec(ctx, `
@@ -152,11 +159,11 @@ func Prune(ctx context.Context, q Querier, cutoff time.Time, batch int) (int64, 
 				CROSS JOIN LATERAL (
 					SELECT shard, seq, time FROM outbox
 					WHERE outbox.shard = c.shard AND outbox.seq <= c.position
-					ORDER BY seq LIMIT $2
+					ORDER BY seq LIMIT $3
 				) x
-				WHERE x.time < $1
+				WHERE c.shard = ANY($1) AND x.time < $2
 			) d
-			WHERE o.shard = d.shard AND o.seq = d.seq`, cutoff, batch)
+			WHERE o.shard = d.shard AND o.seq = d.seq`, shards, cutoff, batch)
 		if err != nil {
 			return total, fmt.Errorf("pruning the outbox: %w", err)
 		}

@@ -68,12 +68,12 @@ func TestTxCommitsAndRollsBack(t *testing.T) {
 		t.Errorf("%d rows after a failed commit, want 2", n)
 	}
 
-	// A statement that failed earlier (its error ignored) makes COMMIT a
-	// rollback, which Commit reports.
+	// A statement that failed earlier (its error ignored) makes Commit
+	// report that error rather than commit.
 	tx, _ = postgres.Begin(ctx, pool)
 	tx.Exec(ctx, "INSERT INTO t VALUES (1, 'dup')")
-	if err := tx.Commit(ctx, nil); !errors.Is(err, postgres.ErrRolledBack) {
-		t.Errorf("commit after a failed statement: %v, want ErrRolledBack", err)
+	if err := tx.Commit(ctx, nil); !errors.As(err, &pe) || pe.Code != "23505" {
+		t.Errorf("commit after a failed statement: %v, want the statement's error", err)
 	}
 	tx.Rollback(ctx)
 
@@ -147,4 +147,45 @@ func TestTxQueuedWritesTravelWithTheNextStatement(t *testing.T) {
 	if n != 3 {
 		t.Errorf("%d rows after a failed transaction, want 3", n)
 	}
+}
+
+// After a statement fails, nothing more is sent: a first statement that
+// never reached the server must not leave later ones to autocommit.
+func TestTxRefusesStatementsAfterAnError(t *testing.T) {
+	t.Parallel()
+	pool, _ := testenv.Pool(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, "CREATE TABLE t (k int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, _ := postgres.Begin(ctx, pool)
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := tx.Exec(canceled, "INSERT INTO t VALUES (1)"); err == nil {
+		t.Fatal("an Exec under a canceled context succeeded")
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (2)"); err == nil {
+		t.Error("the Tx ran a statement after an error")
+	}
+	if err := tx.Commit(ctx, nil); err == nil {
+		t.Error("the Tx committed after an error")
+	}
+	tx.Rollback(ctx)
+	var n int
+	pool.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n)
+	if n != 0 {
+		t.Errorf("%d rows kept from a failed transaction", n)
+	}
+
+	// Finding no row is not an error of the transaction.
+	tx, _ = postgres.Begin(ctx, pool)
+	var k int
+	if err := tx.QueryRow(ctx, "SELECT k FROM t WHERE k = 9").Scan(&k); !errors.Is(err, pgx.ErrNoRows) {
+		t.Fatal(err)
+	}
+	tx.Queue("INSERT INTO t VALUES (3)")
+	if err := tx.Commit(ctx, nil); err != nil {
+		t.Errorf("commit after a query that found nothing: %v", err)
+	}
+	tx.Rollback(ctx)
 }

@@ -326,3 +326,36 @@ func mustJSON(v any) string {
 	}
 	return string(b)
 }
+
+// Inputs that once reached the database (or the outbox) and came back as
+// 500s: each is the client's fault and says so.
+func TestHostileInputsAreTheClientsFault(t *testing.T) {
+	t.Parallel()
+	s := newServer(t, defaultConfig)
+	s.call(t, "POST", rCustomers, "/v1/customers", map[string]any{"id": "c", "name": "Ada", "email": "ada@example.com"})
+	nul := map[string]any{"name": "Ada\u0000", "email": "ada@example.com"}
+	p := expectProblem(t, s.call(t, "POST", rCustomers, "/v1/customers", nul), http.StatusUnprocessableEntity, api.ProblemValidation)
+	if len(p.Errors) != 1 || p.Errors[0].Field != "name" {
+		t.Errorf("a NUL in a name: fields %v", p.Errors)
+	}
+	early := newInvoice("early", "c", 100)
+	early["issued_at"], early["due_at"] = "0001-01-01", "0000-12-31"
+	p = expectProblem(t, s.call(t, "POST", rInvoices, "/v1/invoices", early), http.StatusUnprocessableEntity, api.ProblemValidation)
+	if len(p.Errors) != 2 {
+		t.Errorf("dates of year 1 and 0: fields %v, want issued_at and due_at", p.Errors)
+	}
+	// 500 lines of 500 characters that JSON escapes six-fold: a 265 KB
+	// request whose event would exceed what Kafka takes.
+	lines := make([]any, 500)
+	for i := range lines {
+		lines[i] = map[string]any{"description": strings.Repeat("<", 500), "amount": 1}
+	}
+	big := newInvoice("big", "c", 1)
+	big["lines"] = lines
+	expectProblem(t, s.call(t, "POST", rInvoices, "/v1/invoices", big), http.StatusRequestEntityTooLarge, api.ProblemTooLarge)
+	var n int
+	s.pool.QueryRow(context.Background(), "SELECT count(*) FROM invoices").Scan(&n)
+	if n != 0 {
+		t.Errorf("%d invoices written by refused requests", n)
+	}
+}

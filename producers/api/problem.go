@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 
+	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/producers/billing"
 )
 
@@ -60,6 +61,9 @@ func problemOf(err error) (p Problem, ok bool) {
 		return Problem{Type: ProblemNotFound, Status: http.StatusNotFound, Detail: err.Error()}, true
 	case errors.Is(err, billing.ErrGone):
 		return Problem{Type: ProblemGone, Status: http.StatusGone, Detail: err.Error()}, true
+	case errors.Is(err, outbox.ErrTooLarge):
+		return Problem{Type: ProblemTooLarge, Status: http.StatusRequestEntityTooLarge,
+			Detail: "the change is too large to record as one event: " + err.Error()}, true
 	case errors.Is(err, billing.ErrConflict):
 		return Problem{Type: ProblemConflict, Status: http.StatusConflict,
 			Title: "The change is not allowed in the current state", Detail: err.Error()}, true

@@ -148,6 +148,10 @@ func Explain(err error) error {
 	case "invoices_customer_id_fkey":
 		return &ValidationError{[]FieldError{{"customer_id", fmt.Sprintf("no customer %q", key)}}}
 	}
+	switch pe.Code {
+	case "23514", "22021", "22P05": // a check the commands should have made; text PostgreSQL cannot store
+		return &ValidationError{[]FieldError{{"", "the database refused a value: " + pe.Message}}}
+	}
 	return err
 }
 

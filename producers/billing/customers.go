@@ -7,6 +7,7 @@ import (
 	"net/mail"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -33,9 +34,24 @@ type CustomerInput struct {
 }
 
 func checkName(p *problems, name string) {
-	if strings.TrimSpace(name) == "" || utf8.RuneCountInString(name) > 200 || !utf8.ValidString(name) {
-		p.add("name", "must be 1 to 200 characters and not blank")
+	if !plainText(name, 200) {
+		p.add("name", "must be 1 to 200 characters, not blank, without control characters")
 	}
+}
+
+// plainText reports whether s is valid UTF-8 of 1 to max characters, not
+// blank, without control characters (which PostgreSQL text rejects, NUL
+// included, and which have no place in a name or a description).
+func plainText(s string, max int) bool {
+	if !utf8.ValidString(s) || strings.TrimSpace(s) == "" || utf8.RuneCountInString(s) > max {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
 }
 
 func checkEmail(p *problems, email string) {

@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
@@ -132,12 +130,20 @@ func parseDate(p *problems, field string, s *string, required bool) (date.Date, 
 		return date.Date{}, false
 	}
 	d, err := date.Parse(*s)
-	if err != nil {
+	switch {
+	case err != nil:
 		p.add(field, "must be a date YYYY-MM-DD")
+		return date.Date{}, false
+	case d.Before(earliest):
+		p.add(field, "must not be before %s", earliest)
 		return date.Date{}, false
 	}
 	return d, true
 }
+
+// earliest is the first business date Tally accepts; anything before is a
+// typo, not a record.
+var earliest = date.New(1900, 1, 1)
 
 func checkLines(p *problems, in []LineInput) []Line {
 	if len(in) == 0 || len(in) > maxLines {
@@ -151,8 +157,8 @@ func checkLines(p *problems, in []LineInput) []Line {
 		switch {
 		case l.Description == nil:
 			p.add(f+"description", "is required")
-		case strings.TrimSpace(*l.Description) == "" || utf8.RuneCountInString(*l.Description) > maxDescriptionCh:
-			p.add(f+"description", "must be 1 to %d characters and not blank", maxDescriptionCh)
+		case !plainText(*l.Description, maxDescriptionCh):
+			p.add(f+"description", "must be 1 to %d characters, not blank, without control characters", maxDescriptionCh)
 		default:
 			out.Description = *l.Description
 		}

@@ -34,7 +34,7 @@ func newMetrics(pool *pgxpool.Pool) *metrics {
 		}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_relay_errors_total",
-			Help: "Relay failures by stage: read, produce, cursor, listen, ownership, prune.",
+			Help: "Relay failures by stage: read, produce, cursor, listen, ownership, prune, gap.",
 		}, []string{"stage"}),
 		owned: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tally_relay_owned_shards",

@@ -11,18 +11,30 @@ import (
 	"github.com/tally-dev/tally/internal/outbox"
 )
 
+// lockQueryTimeout bounds every round of queries on the lock connection. A
+// round that takes longer means the connection is gone (a half-open TCP
+// connection can otherwise hang for minutes), and the relay stops acting on
+// locks it may no longer hold.
+const lockQueryTimeout = 5 * time.Second
+
 // own keeps the relay's membership and its share of the shards until ctx
 // ends, reconnecting after a lost lock connection.
 func (r *Relay) own(ctx context.Context, pumpDone <-chan struct{}) {
 	bo := newBackoff()
 	for {
-		err := r.session(ctx, pumpDone)
+		joined, err := r.session(ctx, pumpDone)
 		r.ready.Store(false)
-		if ctx.Err() != nil {
-			return
+		if err == nil {
+			return // left after ctx ended
+		}
+		if joined {
+			bo.Reset() // a session that worked starts the next one afresh
 		}
 		r.m.errors.WithLabelValues("ownership").Inc()
 		r.abandon(ctx)
+		if ctx.Err() != nil {
+			return
+		}
 		d := bo.NextBackOff()
 		r.log.Error("relay lost its lock connection; its shards are free for others", "err", err, "retry_in", d)
 		sleep(ctx, d)
@@ -34,17 +46,19 @@ func (r *Relay) own(ctx context.Context, pumpDone <-chan struct{}) {
 
 // session holds one lock connection: it joins as a member, then balances
 // shards every rebalance interval until the connection fails (an error) or
-// ctx ends (a graceful leave, nil).
-func (r *Relay) session(ctx context.Context, pumpDone <-chan struct{}) error {
+// ctx ends (a graceful leave, nil). joined says whether it became a member.
+// Once joined, the queries run to their end whatever ctx does, so that a
+// stop always goes through leave.
+func (r *Relay) session(ctx context.Context, pumpDone <-chan struct{}) (joined bool, _ error) {
 	conn, err := r.connect(ctx, "tally-relay-lock")
 	if err != nil {
-		return fmt.Errorf("connecting: %w", err)
+		return false, fmt.Errorf("connecting: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	for {
 		var ok bool
 		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1, $2)", lockMember, randomMember()).Scan(&ok); err != nil {
-			return fmt.Errorf("joining: %w", err)
+			return false, fmt.Errorf("joining: %w", err)
 		}
 		if ok {
 			break
@@ -56,12 +70,14 @@ func (r *Relay) session(ctx context.Context, pumpDone <-chan struct{}) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return r.leave(ctx, conn, pumpDone)
+			return true, r.leave(ctx, conn, pumpDone)
 		case <-tick.C:
 		}
-		draining, err := r.balance(ctx, conn)
+		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lockQueryTimeout)
+		draining, err := r.balance(qctx, conn)
+		cancel()
 		if err != nil {
-			return err
+			return true, err
 		}
 		next := r.rebalance
 		if draining {
@@ -175,30 +191,34 @@ func (r *Relay) releaseDrained(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// leave stops cleanly: once the pump has stopped, it waits for Kafka to
-// acknowledge what is in flight, saves every position and gives up every
-// shard.
+// leave stops cleanly: once the pump has stopped, it waits (within the
+// drain timeout) for Kafka to acknowledge what is in flight, then saves
+// every position and gives up every shard. A record still unacknowledged is
+// published again by its shard's next owner.
 func (r *Relay) leave(ctx context.Context, conn *pgx.Conn, pumpDone <-chan struct{}) error {
+	deadline := time.Now().Add(r.drain)
 	<-pumpDone
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.drain)
-	defer cancel()
 	r.mu.Lock()
 	for _, s := range r.shards {
 		s.draining = true
 	}
 	r.mu.Unlock()
-	if err := r.client.Flush(ctx); err != nil {
+	fctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	if err := r.client.Flush(fctx); err != nil {
 		r.log.Warn("relay stopping before Kafka acknowledged everything; the rest is published again later", "err", err)
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.drain)
-		defer cancel()
-		if err := r.client.AbortBufferedRecords(actx); err != nil {
-			r.log.Warn("relay aborting buffered records", "err", err)
-		}
+		// The producer closes next, so the safe abort, which waits for
+		// requests in flight to be answered, buys nothing but time: fail
+		// what was not sent at once, so nothing goes out after the shards
+		// are given up.
+		r.client.UnsafeAbortBufferedRecords()
 	}
-	if err := r.save(ctx); err != nil {
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lockQueryTimeout)
+	defer cancel()
+	if err := r.save(qctx); err != nil {
 		return err
 	}
-	if err := r.releaseDrained(ctx, conn); err != nil {
+	if err := r.releaseDrained(qctx, conn); err != nil {
 		return err
 	}
 	r.mu.Lock()

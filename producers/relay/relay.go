@@ -9,19 +9,25 @@
 // acknowledged event, and a record that was already in flight behind the
 // failed one may land before that republication. Its ce_sequence is then
 // ahead of what the consumer has applied, and the consumer waits for the gap
-// to be filled, which the republication does. Any number of
-// relays may run against one database: the outbox's shards are divided among
-// them, each shard owned by one relay at a time through a PostgreSQL advisory
-// lock held on a dedicated connection, so a relay that dies (kill -9, a
-// dropped connection) frees its shards at once and the survivors take them
-// over from the stored cursors.
+// to be filled, which the republication does.
+//
+// Any number of relays may run against one database: the outbox's shards
+// are divided among them, each shard owned by one relay at a time through a
+// PostgreSQL advisory lock held on a dedicated connection, so a relay that
+// dies (kill -9, a dropped connection) frees its shards at once and the
+// survivors take them over from the stored cursors. A relay notices that it
+// lost that connection within a few seconds at most (every query on it has
+// a deadline); until then it may still publish what it reads, so two relays
+// can publish a shard for that long: more duplicates, never a loss, and each
+// relay's output for a key still in order.
 //
 // How it works. A relay reads each owned shard by position (seq > the last
 // seq it handed to Kafka), in one query across shards, and produces every
-// event asynchronously through one idempotent franz-go producer, so reading
-// the next batch overlaps publishing the last. A shard's cursor only moves
-// over the contiguous prefix Kafka has acknowledged. When a read comes back
-// short the shard sleeps until a PostgreSQL notification (see
+// event asynchronously through one idempotent franz-go producer. Reads are
+// sized to fit the producer's buffer and fully read before producing, so a
+// slow Kafka never holds a database snapshot open. A shard's cursor only
+// moves over the contiguous prefix Kafka has acknowledged. When a read comes
+// back short the shard sleeps until a PostgreSQL notification (see
 // outbox.Notifier) or the fallback poll says there may be more, so an idle
 // relay costs nothing and a busy one never waits for a poll.
 //
@@ -163,9 +169,9 @@ func New(pool *pgxpool.Pool, opts ...Option) (*Relay, error) {
 		// Lingering would add its whole delay to every event's latency at low
 		// rates; under load, records batch up behind the request in flight.
 		kgo.ProducerLinger(0),
-		// Bounds memory when every shard has a backlog; a full buffer makes
-		// the read wait, which is the back-pressure we want.
-		kgo.MaxBufferedRecords(max(64*r.batch, 10_000)),
+		// plan keeps the records in flight within this, so a produce never
+		// waits for room.
+		kgo.MaxBufferedRecords(r.maxBuffered()),
 	}, r.kopts...)
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
@@ -178,6 +184,10 @@ func New(pool *pgxpool.Pool, opts ...Option) (*Relay, error) {
 // maxInflight bounds the records of one shard handed to the producer and
 // not yet acknowledged.
 func (r *Relay) maxInflight() int { return 2 * r.batch }
+
+// maxBuffered is the producer's buffer, which bounds the records of all
+// shards in flight together.
+func (r *Relay) maxBuffered() int { return max(64*r.batch, 10_000) }
 
 // Ready reports whether the relay holds its membership in PostgreSQL and so
 // can own shards.
@@ -265,32 +275,33 @@ func (r *Relay) pump(ctx, pctx context.Context) {
 	poll := time.NewTimer(r.poll)
 	defer poll.Stop()
 	bo := newBackoff()
-	counts := make(map[int16]int)
 	for {
-		wants, gen, retryIn := r.plan()
-		if len(wants) == 0 {
-			wait := poll.C
+		// The poll runs while busy too: one shard with a backlog must not
+		// postpone it for shards that were read to their end.
+		select {
+		case <-poll.C:
+			poll.Reset(r.poll)
+			r.notified()
+		default:
+		}
+		p := r.plan()
+		if len(p.wants) == 0 {
 			var retry <-chan time.Time
-			if retryIn > 0 {
-				retry = time.After(retryIn)
+			if p.retryIn > 0 {
+				retry = time.After(p.retryIn)
 			}
 			select {
 			case <-ctx.Done():
 				return
 			case <-r.wake:
 			case <-retry:
-			case <-wait:
+			case <-poll.C:
 				poll.Reset(r.poll)
 				r.notified()
 			}
 			continue
 		}
-		clear(counts)
-		err := outbox.Fetch(ctx, r.pool, wants, func(rec *outbox.Record) error {
-			counts[rec.Shard]++
-			r.produce(pctx, rec)
-			return nil
-		})
+		recs, err := outbox.Fetch(ctx, r.pool, p.wants)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -302,27 +313,48 @@ func (r *Relay) pump(ctx, pctx context.Context) {
 			continue
 		}
 		bo.Reset()
+		var counts [outbox.Shards]int
+		for _, rec := range recs {
+			counts[rec.Shard]++
+			r.produce(pctx, rec, p.shards[rec.Shard])
+		}
 		r.mu.Lock()
-		for _, w := range wants {
-			if s := r.shards[w.Shard]; s != nil && counts[w.Shard] < w.Limit {
-				s.exhausted = gen
+		for _, w := range p.wants {
+			if s := p.shards[w.Shard]; r.shards[w.Shard] == s && counts[w.Shard] < w.Limit {
+				s.exhausted = p.gen
 			}
 		}
 		r.mu.Unlock()
 	}
 }
 
+// read is what the pump is about to read, with the state object of each
+// shard as it was when planned: rows of a shard that was given up and taken
+// again meanwhile (after a lost lock connection) belong to a read from its
+// old position and must not move its new one.
+type read struct {
+	wants   []outbox.Want
+	shards  [outbox.Shards]*shard
+	gen     uint64
+	retryIn time.Duration
+}
+
 // plan picks the shards worth reading now: owned, not draining or failed,
 // with room in flight, and not known to be read to the end since the last
-// notification. It also rewinds failed shards whose retry is due, and says
-// how long until the next one is.
-func (r *Relay) plan() (wants []outbox.Want, gen uint64, retryIn time.Duration) {
-	gen = r.gen.Load()
+// notification. The reads fit in the producer's buffer, so producing never
+// blocks. It also rewinds failed shards whose retry is due, and says how
+// long until the next one is.
+func (r *Relay) plan() read {
+	p := read{gen: r.gen.Load()}
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	budget := r.maxBuffered()
 	for _, s := range r.shards {
-		if s.draining {
+		budget -= s.inflight
+	}
+	for _, s := range r.shards {
+		if s.draining || budget <= 0 {
 			continue
 		}
 		if s.err != nil {
@@ -330,8 +362,8 @@ func (r *Relay) plan() (wants []outbox.Want, gen uint64, retryIn time.Duration) 
 				continue
 			}
 			if wait := s.retryAt.Sub(now); wait > 0 {
-				if retryIn == 0 || wait < retryIn {
-					retryIn = wait
+				if p.retryIn == 0 || wait < p.retryIn {
+					p.retryIn = wait
 				}
 				continue
 			}
@@ -340,33 +372,44 @@ func (r *Relay) plan() (wants []outbox.Want, gen uint64, retryIn time.Duration) 
 			s.readPos, s.err, s.exhausted = s.ackPos, nil, 0
 			s.win.reset()
 		}
-		if s.exhausted == gen {
+		if s.exhausted == p.gen {
 			continue
 		}
-		room := r.maxInflight() - s.inflight
+		room := min(r.maxInflight()-s.inflight, r.batch, budget)
 		if room <= 0 {
 			continue
 		}
-		wants = append(wants, outbox.Want{Shard: s.id, After: s.readPos, Limit: min(r.batch, room)})
+		budget -= room
+		p.wants = append(p.wants, outbox.Want{Shard: s.id, After: s.readPos, Limit: room})
+		p.shards[s.id] = s
 	}
-	return wants, gen, retryIn
+	return p
 }
 
-// produce hands one event to the producer, unless its shard was given up or
-// failed while it was being read: then whoever reads the shard next reads it
-// again.
-func (r *Relay) produce(ctx context.Context, rec *outbox.Record) {
+// produce hands one event to the producer, unless its shard was given up,
+// taken again or failed since it was planned: then whoever reads the shard
+// next reads the event again.
+func (r *Relay) produce(ctx context.Context, rec *outbox.Record, planned *shard) {
 	r.mu.Lock()
 	s := r.shards[rec.Shard]
-	if s == nil || s.draining || s.err != nil || rec.Seq <= s.readPos {
+	if s != planned || s.draining || s.err != nil || rec.Seq <= s.readPos {
 		r.mu.Unlock()
 		return
 	}
+	gap := rec.Seq - s.readPos - 1
 	s.readPos = rec.Seq
 	s.win.push(rec.Seq)
 	s.inflight++
 	r.mu.Unlock()
 
+	if gap > 0 {
+		// Positions are gapless by construction; rows were deleted
+		// outside the outbox's contract. What is gone cannot be
+		// published; say so rather than stall the shard for ever.
+		r.m.errors.WithLabelValues("gap").Inc()
+		r.log.Error("relay found events missing from the outbox", "shard", rec.Shard, "missing", gap,
+			"before_seq", rec.Seq)
+	}
 	kr := rec.Event.Record(rec.Topic)
 	kr.Key = []byte(rec.Key)
 	written := rec.Event.Time
@@ -458,12 +501,21 @@ func (r *Relay) save(ctx context.Context) error {
 	return nil
 }
 
-// prune deletes published events older than the retention every interval.
+// prune deletes published events older than the retention every interval,
+// in the shards this relay owns, so that relays never prune the same rows.
 func (r *Relay) prune(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		n, err := outbox.Prune(ctx, r.pool, time.Now().Add(-r.retention), 10_000)
+		var owned []int16
+		r.mu.Lock()
+		for id, s := range r.shards {
+			if !s.draining {
+				owned = append(owned, id)
+			}
+		}
+		r.mu.Unlock()
+		n, err := outbox.Prune(ctx, r.pool, owned, time.Now().Add(-r.retention), 1000)
 		switch {
 		case err != nil && ctx.Err() == nil:
 			r.m.errors.WithLabelValues("prune").Inc()
@@ -484,6 +536,7 @@ func newBackoff() *backoff.ExponentialBackOff {
 	bo.InitialInterval = 100 * time.Millisecond
 	bo.MaxInterval = 10 * time.Second
 	bo.MaxElapsedTime = 0 // never give up: the relay must not stop publishing
+	bo.Reset()            // the constructor computed its first delay from the defaults
 	return bo
 }
 
