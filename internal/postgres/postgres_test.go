@@ -2,11 +2,13 @@ package postgres_test
 
 import (
 	"context"
+	"errors"
 	neturl "net/url"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tally-dev/tally/internal/postgres"
 	"github.com/tally-dev/tally/internal/testenv"
@@ -62,5 +64,29 @@ func TestOpenNamesTheServerItCannotReach(t *testing.T) {
 	}
 	if _, err := postgres.Open(context.Background(), "::not a url"); err == nil {
 		t.Error("a malformed URL opened")
+	}
+}
+
+// Invoices refer to customers without a foreign key (migration 003): the
+// invoice writes look the customer up, and a customer with invoices cannot
+// be deleted.
+func TestInvoicedCustomersCannotBeDeleted(t *testing.T) {
+	t.Parallel()
+	pool, _ := testenv.Pool(t)
+	ctx := context.Background()
+	_, err := pool.Exec(ctx, `
+		INSERT INTO customers VALUES ('c1', 'A', 'a@b.c', 1, now(), now()), ('c2', 'B', 'b@b.c', 1, now(), now());
+		INSERT INTO invoices (id, customer_id, currency, status, issued_at, due_at, lines, subtotal, discount, tax,
+			total, amount_paid, version, created_at, updated_at)
+		VALUES ('i1', 'c1', 'USD', 'open', '2025-01-01', '2025-01-31', '[]', 0, 0, 0, 0, 0, 1, now(), now())`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pe *pgconn.PgError
+	if _, err := pool.Exec(ctx, "DELETE FROM customers WHERE id = 'c1'"); !errors.As(err, &pe) || pe.Code != "23503" {
+		t.Errorf("deleting an invoiced customer: %v, want a foreign key violation", err)
+	}
+	if _, err := pool.Exec(ctx, "DELETE FROM customers WHERE id = 'c2'"); err != nil {
+		t.Errorf("deleting a customer without invoices: %v", err)
 	}
 }

@@ -145,8 +145,9 @@ func Explain(err error) error {
 		return fmt.Errorf("%w: invoice %q already exists", ErrConflict, key)
 	case "payments_pkey":
 		return fmt.Errorf("%w: payment %q already exists", ErrConflict, key)
-	case "invoices_customer_id_fkey":
-		return &ValidationError{[]FieldError{{"customer_id", fmt.Sprintf("no customer %q", key)}}}
+	}
+	if pe.Code == "23502" && pe.TableName == "invoices" && pe.ColumnName == "customer_id" {
+		return &ValidationError{[]FieldError{{"customer_id", "no such customer"}}}
 	}
 	switch pe.Code {
 	case "23514", "22021", "22P05": // a check the commands should have made; text PostgreSQL cannot store
