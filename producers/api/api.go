@@ -40,7 +40,8 @@ var openAPI []byte
 type Config struct {
 	// MaxBodyBytes bounds request bodies (413 beyond it).
 	MaxBodyBytes int64
-	// IdempotencyTTL is how long a stored Idempotency-Key response is kept.
+	// IdempotencyTTL is how long a stored Idempotency-Key response is
+	// replayed; after it, the key is taken as new.
 	IdempotencyTTL time.Duration
 }
 
@@ -199,7 +200,7 @@ func (a *API) change(w http.ResponseWriter, r *http.Request, body []byte, fn fun
 	defer tx.Rollback(ctx)
 	if key != "" {
 		fp := fingerprint(r, body)
-		stored, err := claimKey(ctx, tx, key, fp)
+		stored, err := claimKey(ctx, tx, key, fp, a.cfg.IdempotencyTTL)
 		if err != nil {
 			a.fail(w, r, err)
 			return

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tally-dev/tally/producers/api"
 	"github.com/tally-dev/tally/producers/billing"
@@ -357,5 +358,22 @@ func TestHostileInputsAreTheClientsFault(t *testing.T) {
 	s.pool.QueryRow(context.Background(), "SELECT count(*) FROM invoices").Scan(&n)
 	if n != 0 {
 		t.Errorf("%d invoices written by refused requests", n)
+	}
+}
+
+func TestIdempotencyKeysExpire(t *testing.T) {
+	t.Parallel()
+	s := newServer(t, api.Config{MaxBodyBytes: 1 << 20, IdempotencyTTL: time.Minute})
+	body := map[string]any{"name": "Ada", "email": "ada@example.com"}
+	first := s.call(t, "POST", rCustomers, "/v1/customers", body, "Idempotency-Key", "k")
+	if r := s.call(t, "POST", rCustomers, "/v1/customers", body, "Idempotency-Key", "k"); string(r.body) != string(first.body) {
+		t.Fatalf("a retry within the TTL answered differently")
+	}
+	if _, err := s.pool.Exec(context.Background(), "UPDATE idempotency_keys SET created_at = now() - interval '2 minutes'"); err != nil {
+		t.Fatal(err)
+	}
+	r := s.call(t, "POST", rCustomers, "/v1/customers", body, "Idempotency-Key", "k")
+	if r.status != http.StatusCreated || r.header.Get("Idempotent-Replayed") != "" || string(r.body) == string(first.body) {
+		t.Errorf("a key past its TTL was replayed (%d, replayed %q); it must be taken as new", r.status, r.header.Get("Idempotent-Replayed"))
 	}
 }

@@ -20,14 +20,19 @@ type storedResponse struct {
 	body        []byte
 }
 
-// claimKey reserves key in tx. It returns nil when the key is new (the
-// caller goes on and stores its response with queueStoreKey as it commits),
-// or the response stored by an earlier request. A concurrent request with
-// the same key blocks in the INSERT until the first commits or rolls back,
-// which is what serialises retries.
-func claimKey(ctx context.Context, tx *postgres.Tx, key string, fp []byte) (*storedResponse, error) {
+// claimKey reserves key in tx. It returns nil when the key is new or its
+// stored response is older than ttl (the caller goes on and stores its
+// response with queueStoreKey as it commits), or the response stored by an
+// earlier request. A concurrent request with the same key blocks in the
+// INSERT until the first commits or rolls back, which is what serialises
+// retries. Expiry does not wait for ExpireKeys: a key past its TTL is simply
+// taken again.
+func claimKey(ctx context.Context, tx *postgres.Tx, key string, fp []byte, ttl time.Duration) (*storedResponse, error) {
 	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (key, fingerprint, status, body)
-		VALUES ($1, $2, 0, '') ON CONFLICT (key) DO NOTHING`, key, fp)
+		VALUES ($1, $2, 0, '')
+		ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, status = 0, location = '', body = '',
+			created_at = now()
+		WHERE idempotency_keys.created_at < now() - $3::interval`, key, fp, ttl)
 	if err != nil {
 		return nil, fmt.Errorf("claiming idempotency key: %w", err)
 	}
