@@ -3,9 +3,11 @@ package postgres_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	neturl "net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -17,20 +19,24 @@ import (
 func TestEnsureDatabaseThenMigrate(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	name := "tally_test_ensure_database"
+	name := fmt.Sprintf("tally_test_ensure_%d", time.Now().UnixNano())
 	u, err := neturl.Parse(testenv.ServerURL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	u.Path = "/" + name
 	url := u.String()
-	admin, err := pgx.Connect(ctx, testenv.ServerURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
-	admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-	t.Cleanup(func() { admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)") })
+	t.Cleanup(func() {
+		admin, err := pgx.Connect(context.Background(), testenv.ServerURL())
+		if err != nil {
+			t.Errorf("dropping %s: %v", name, err)
+			return
+		}
+		defer admin.Close(context.Background())
+		if _, err := admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("dropping %s: %v", name, err)
+		}
+	})
 
 	for range 2 { // the second call finds it and does nothing
 		if err := postgres.EnsureDatabase(ctx, url); err != nil {
