@@ -28,7 +28,7 @@ func benchFlags(fs *flag.FlagSet) {
 	fs.IntVar(&bench.rate, "rate", 1000, "events per second of the latency benchmark")
 	fs.DurationVar(&bench.duration, "duration", 10*time.Second, "length of one run of the latency and API benchmarks")
 	fs.IntVar(&bench.clients, "clients", 16, "concurrent HTTP clients of the API benchmark")
-	fs.StringVar(&bench.only, "only", "", "run one benchmark: drain, latency or api")
+	fs.StringVar(&bench.only, "only", "", "run one benchmark: drain, latency, api, consume or projection")
 }
 
 // runBench measures the speed targets of the outbox, the relay and the API.
@@ -43,9 +43,9 @@ func runBench(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) e
 		return usageError{fmt.Errorf("-count, -events, -rate, -clients must be positive and -duration at least 1s")}
 	}
 	switch bench.only {
-	case "", "drain", "latency", "api":
+	case "", "drain", "latency", "api", "consume", "projection":
 	default:
-		return usageError{fmt.Errorf("-only %q: want drain, latency or api", bench.only)}
+		return usageError{fmt.Errorf("-only %q: want drain, latency, api, consume or projection", bench.only)}
 	}
 	emit := func(f loadgen.Figure) { fmt.Fprintln(e.Stdout, f) }
 	if bench.only == "" || bench.only == "latency" {
@@ -74,6 +74,31 @@ func runBench(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) e
 			rates = append(rates, r)
 		}
 		emit(loadgen.Figure{Name: "api_invoice_create_rate", Value: loadgen.Median(rates), Unit: "invoices/s"})
+	}
+	if bench.only == "" || bench.only == "projection" {
+		var p50, p99 []float64
+		for range bench.count {
+			lat, err := loadgen.ProjectionLatency(ctx, cfg.DatabaseURL, bench.rate, bench.duration, log)
+			if err != nil {
+				return fmt.Errorf("projection latency benchmark: %w", err)
+			}
+			p50 = append(p50, ms(loadgen.Percentile(lat, 50)))
+			p99 = append(p99, ms(loadgen.Percentile(lat, 99)))
+			log.Info("API-commit-to-projection latency", "invoices", len(lat), "p50_ms", p50[len(p50)-1], "p99_ms", p99[len(p99)-1])
+		}
+		emit(loadgen.Figure{Name: "commit_to_projection_p50", Value: loadgen.Median(p50), Unit: "ms"})
+		emit(loadgen.Figure{Name: "commit_to_projection_p99", Value: loadgen.Median(p99), Unit: "ms"})
+	}
+	if bench.only == "" || bench.only == "consume" {
+		var rates []float64
+		for range bench.count {
+			r, err := loadgen.ConsumeBacklog(ctx, cfg.DatabaseURL, bench.events, log)
+			if err != nil {
+				return fmt.Errorf("consume benchmark: %w", err)
+			}
+			rates = append(rates, r)
+		}
+		emit(loadgen.Figure{Name: "revenue_apply_rate", Value: loadgen.Median(rates), Unit: "events/s"})
 	}
 	// The drains go last: filling their backlogs writes gigabytes of WAL.
 	if bench.only == "" || bench.only == "drain" {

@@ -37,6 +37,7 @@ func commands() []command {
 		{"dev", "run everything in one process with an embedded Kafka broker", runDev, nil},
 		{"api", "serve the HTTP API", runAPI, nil},
 		{"relay", "publish the outbox to Kafka", runRelay, nil},
+		{"consume", "consume <group>: run a member of a consumer group (" + groupNames() + ")", runConsume, nil},
 		{"migrate", "apply the database migrations", runMigrate, nil},
 		{"topics", "topics apply: create missing topics and report drift", runTopics, nil},
 		{"bench", "measure the speed targets against the local PostgreSQL and an embedded broker", runBench, benchFlags},

@@ -14,8 +14,8 @@ import (
 )
 
 // runDev runs Tally on its embedded default: it creates and migrates the
-// database, starts the embedded broker, applies the topics, and runs the API
-// and the relay in one process.
+// database, starts the embedded broker, applies the topics, and runs the
+// API, the relay and a member of every consumer group in one process.
 func runDev(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) error {
 	if err := noArgs(e.Args); err != nil {
 		return err
@@ -48,6 +48,11 @@ func runDev(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) err
 		h := startAPI(p)
 		if err := startRelay(p, brokers); err != nil {
 			return nil, err
+		}
+		for name := range groups {
+			if err := startConsumer(p, name, brokers); err != nil {
+				return nil, err
+			}
 		}
 		fmt.Fprintf(e.Stdout, `Tally is running (tally dev). Ctrl-C stops it.
   API         http://%[1]s   (OpenAPI document at /openapi.json)

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,7 +18,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
 
+	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/config"
+	"github.com/tally-dev/tally/internal/consumer"
 	"github.com/tally-dev/tally/internal/observe"
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/internal/postgres"
@@ -140,7 +144,7 @@ func startAPI(p *process) http.Handler {
 
 // startRelay starts a relay publishing to brokers.
 func startRelay(p *process, brokers []string) error {
-	kp := kprom.NewMetrics("tally_kafka", kprom.Registry(p.reg))
+	kp := kprom.NewMetrics("tally_kafka", kprom.Registry(p.reg), kprom.WithClientLabel())
 	r, err := relay.New(p.pool,
 		relay.WithKafkaOptions(kgo.SeedBrokers(brokers...), kgo.WithHooks(kp)),
 		relay.WithLogger(p.log.With("component", "relay")),
@@ -162,6 +166,50 @@ func startRelay(p *process, brokers []string) error {
 	})
 	p.goRun("relay", r.Run)
 	return nil
+}
+
+// groups are the consumer groups `tally consume` runs, by name.
+var groups = map[string]func() *consumer.Group{
+	"revenue": revenue.Group,
+}
+
+func groupNames() string {
+	names := make([]string, 0, len(groups))
+	for n := range groups {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+// startConsumer starts a member of the group name.
+func startConsumer(p *process, name string, brokers []string) error {
+	kp := kprom.NewMetrics("tally_kafka", kprom.Registry(p.reg), kprom.WithClientLabel())
+	r, err := consumer.New(p.pool, groups[name](),
+		consumer.WithKafkaOptions(kgo.SeedBrokers(brokers...), kgo.WithHooks(kp)),
+		consumer.WithLogger(p.log.With("component", "consume")),
+		consumer.WithRegisterer(p.reg),
+		consumer.WithDrainTimeout(p.cfg.ShutdownTimeout/2),
+	)
+	if err != nil {
+		return err
+	}
+	p.goRun("consumer "+name, r.Run)
+	return nil
+}
+
+func runConsume(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) error {
+	if len(e.Args) != 1 {
+		return usageError{fmt.Errorf("usage: tally consume <group> [flags]; groups: %s", groupNames())}
+	}
+	name := e.Args[0]
+	if groups[name] == nil {
+		return usageError{fmt.Errorf("unknown consumer group %q; groups: %s", name, groupNames())}
+	}
+	return run(ctx, cfg, log, func(p *process) (http.Handler, error) {
+		log.Info("consuming", "group", name, "brokers", cfg.KafkaBrokers, "metrics", "http://"+cfg.HTTPAddr+"/metrics")
+		return p.mux, startConsumer(p, name, cfg.KafkaBrokers)
+	})
 }
 
 func runAPI(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) error {

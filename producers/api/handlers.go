@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 
+	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/envelope"
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/producers/billing"
@@ -75,6 +76,9 @@ func (a *API) routes() map[string]http.HandlerFunc {
 		"POST /v1/invoices/{id}/payments": mutate(a, http.StatusCreated, invoiceLocation, false, billing.PayInvoice),
 		"POST /v1/invoices/{id}/void":     mutate(a, http.StatusOK, nil, true, noInput(billing.VoidInvoice)),
 		"GET /v1/invoices/{id}/events":    a.trail("tally.invoices.v1", "invoices", "invoice"),
+		"GET /v1/revenue/invoices/{id}": a.read(func(ctx context.Context, id string) (any, error) {
+			return revenue.GetInvoice(ctx, a.pool, id)
+		}),
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/testenv"
 	"github.com/tally-dev/tally/producers/api"
 	"github.com/tally-dev/tally/producers/billing"
@@ -35,6 +36,7 @@ const (
 	rPayments       = "/v1/invoices/{id}/payments"
 	rVoid           = "/v1/invoices/{id}/void"
 	rInvoiceEvents  = "/v1/invoices/{id}/events"
+	rRevenueInvoice = "/v1/revenue/invoices/{id}"
 )
 
 type obj = map[string]any
@@ -525,6 +527,7 @@ func everyOperation() []request {
 		{"POST", rPayments, invoicePath("i1", "/payments"), obj{"amount": 1}},
 		{"POST", rVoid, invoicePath("i1", "/void"), nil},
 		{"GET", rInvoiceEvents, invoicePath("i1", "/events"), nil},
+		{"GET", rRevenueInvoice, "/v1/revenue/invoices/i1", nil},
 	}
 }
 
@@ -546,6 +549,7 @@ func TestOpenAPIDescribesEveryResponse(t *testing.T) {
 		t.Run("customers", testCustomers)
 		t.Run("invoices", testInvoices)
 		t.Run("trail", testTrail)
+		t.Run("revenue projection", testRevenueProjection)
 		t.Run("idempotency", testIdempotency)
 		t.Run("unreadable requests", testUnreadable)
 		t.Run("body limit", testBodyLimit)
@@ -560,6 +564,27 @@ func TestOpenAPIDescribesEveryResponse(t *testing.T) {
 	for _, r := range theSpec(t).unseen(t) {
 		t.Errorf("no scenario answered %s: the document describes a response the tests never saw", r)
 	}
+}
+
+// testRevenueProjection reads the revenue group's projection, written here
+// directly: the group itself is tested in consumers/revenue.
+func testRevenueProjection(t *testing.T) {
+	t.Parallel()
+	s := newServer(t, defaultConfig)
+	_, err := s.pool.Exec(context.Background(), `INSERT INTO revenue_invoices (invoice_id, customer_id, currency, status,
+		total, amount_paid, amount_due, last_sequence, last_event_at) VALUES ('i1', 'c1', 'USD', 'open', 1000, 400, 600, 2, now())`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got revenue.Invoice
+	r := s.call(t, "GET", rRevenueInvoice, "/v1/revenue/invoices/i1", nil)
+	if expect(t, r, http.StatusOK) {
+		r.decode(t, &got)
+	}
+	if got.InvoiceID != "i1" || got.AmountDue != 600 || got.LastSequence != 2 {
+		t.Errorf("projection read as %+v", got)
+	}
+	expectProblem(t, s.call(t, "GET", rRevenueInvoice, "/v1/revenue/invoices/nope", nil), http.StatusNotFound, api.ProblemNotFound)
 }
 
 func testCustomers(t *testing.T) {
@@ -1096,7 +1121,8 @@ func testBroken(t *testing.T) {
 	t.Parallel()
 	pool, _ := testenv.Pool(t)
 	if _, err := pool.Exec(context.Background(),
-		`ALTER TABLE customers RENAME TO customers_gone; ALTER TABLE invoices RENAME TO invoices_gone`); err != nil {
+		`ALTER TABLE customers RENAME TO customers_gone; ALTER TABLE invoices RENAME TO invoices_gone;
+		 ALTER TABLE revenue_invoices RENAME TO revenue_invoices_gone`); err != nil {
 		t.Fatal(err)
 	}
 	s := serve(t, pool, defaultConfig)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 
+	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/producers/billing"
 )
@@ -57,7 +58,7 @@ func problemOf(err error) (p Problem, ok bool) {
 	case errors.As(err, &ve):
 		return Problem{Type: ProblemValidation, Status: http.StatusUnprocessableEntity,
 			Title: titleValidation, Errors: ve.Fields}, true
-	case errors.Is(err, billing.ErrNotFound):
+	case errors.Is(err, billing.ErrNotFound), errors.Is(err, revenue.ErrNotFound):
 		return Problem{Type: ProblemNotFound, Status: http.StatusNotFound, Detail: err.Error()}, true
 	case errors.Is(err, billing.ErrGone):
 		return Problem{Type: ProblemGone, Status: http.StatusGone, Detail: err.Error()}, true

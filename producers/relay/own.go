@@ -238,6 +238,10 @@ func (r *Relay) abandon(ctx context.Context) {
 		s.draining = true
 	}
 	r.mu.Unlock()
+	// Wait out any produce that checked its shard before it was marked.
+	r.producing.Lock()
+	r.producing.Unlock()
+
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.drain)
 	defer cancel()
 	if err := r.client.AbortBufferedRecords(actx); err != nil {

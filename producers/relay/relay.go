@@ -31,8 +31,9 @@
 // outbox.Notifier) or the fallback poll says there may be more, so an idle
 // relay costs nothing and a busy one never waits for a poll.
 //
-// Lock order: Relay.mu is the only lock; it is never held across a database
-// or Kafka call.
+// Lock order: Relay.producing before Relay.mu. mu is never held across a
+// database or Kafka call; producing (read) is held across the producer's
+// Produce, which never waits for room (reads fit the producer's buffer).
 package relay
 
 import (
@@ -119,6 +120,13 @@ type Relay struct {
 	wake  chan struct{} // cap 1: something may be readable
 	gen   atomic.Uint64 // bumped by every notification and poll
 	ready atomic.Bool
+
+	// producing is held (read) by produce from its check of the shard to
+	// the producer's Produce; abandon takes it (write) between marking the
+	// shards given up and aborting the producer's records, so that no
+	// record checked before can be buffered after the abort and land ahead
+	// of the records it aborted.
+	producing sync.RWMutex
 
 	mu     sync.Mutex
 	shards map[int16]*shard
@@ -390,6 +398,8 @@ func (r *Relay) plan() read {
 // taken again or failed since it was planned: then whoever reads the shard
 // next reads the event again.
 func (r *Relay) produce(ctx context.Context, rec *outbox.Record, planned *shard) {
+	r.producing.RLock()
+	defer r.producing.RUnlock()
 	r.mu.Lock()
 	s := r.shards[rec.Shard]
 	if s != planned || s.draining || s.err != nil || rec.Seq <= s.readPos {

@@ -1,0 +1,349 @@
+package consumer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// Option configures a Runner.
+type Option func(*Runner)
+
+// WithKafkaOptions adds franz-go options (brokers, TLS, hooks such as kprom)
+// to the group's client. The runner sets the group, topics, commit and
+// rebalance behaviour itself.
+func WithKafkaOptions(opts ...kgo.Opt) Option {
+	return func(r *Runner) { r.kopts = append(r.kopts, opts...) }
+}
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(r *Runner) { r.log = l } }
+
+// WithRegisterer registers the runner's metrics with reg (default: none).
+func WithRegisterer(reg prometheus.Registerer) Option { return func(r *Runner) { r.reg = reg } }
+
+// WithBatchSize sets the most records of a partition applied in one
+// transaction (default 500).
+func WithBatchSize(n int) Option { return func(r *Runner) { r.batch = n } }
+
+// WithCommitInterval sets how often the positions applied are committed to
+// Kafka, for lag tools (default 1s). Correctness never depends on them.
+func WithCommitInterval(d time.Duration) Option { return func(r *Runner) { r.commitEvery = d } }
+
+// WithDrainTimeout bounds how long a stopping member, or one giving up a
+// partition, waits for the batch in flight to commit (default 10s). What is
+// not committed is applied by the partition's next owner.
+func WithDrainTimeout(d time.Duration) Option { return func(r *Runner) { r.drain = d } }
+
+// Runner runs one member of a consumer group. Several runners of the same
+// group, in any processes, share its partitions.
+type Runner struct {
+	g           *Group
+	pool        *pgxpool.Pool
+	cl          *kgo.Client
+	log         *slog.Logger
+	reg         prometheus.Registerer
+	kopts       []kgo.Opt
+	batch       int
+	commitEvery time.Duration
+	drain       time.Duration
+	member      string
+	m           *metrics
+
+	// mu guards workers. Lock order: Runner.mu before worker.mu.
+	mu      sync.Mutex
+	workers map[partitionKey]*worker
+}
+
+type partitionKey struct {
+	topic     string
+	partition int32
+}
+
+// New returns a member of group g that applies to pool.
+func New(pool *pgxpool.Pool, g *Group, opts ...Option) (*Runner, error) {
+	b := make([]byte, 6)
+	rand.Read(b)
+	r := &Runner{
+		g: g, pool: pool, log: slog.Default(), batch: 500, commitEvery: time.Second, drain: 10 * time.Second,
+		member: g.name + "-" + hex.EncodeToString(b), workers: make(map[partitionKey]*worker),
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	if r.batch < 1 || r.commitEvery <= 0 || r.drain <= 0 {
+		return nil, errors.New("consumer: batch size, commit interval and drain timeout must be positive")
+	}
+	if len(g.topics) == 0 {
+		return nil, fmt.Errorf("consumer: group %s reads no topic", g.name)
+	}
+	r.log = r.log.With("group", g.name)
+	r.m = newMetrics(g.name, r)
+	if r.reg != nil {
+		if err := r.m.register(r.reg); err != nil {
+			return nil, fmt.Errorf("registering consumer metrics: %w", err)
+		}
+	}
+	cl, err := kgo.NewClient(append([]kgo.Opt{
+		kgo.ClientID("tally-" + g.name),
+		kgo.ConsumerGroup("tally." + g.name),
+		kgo.ConsumeTopics(g.topics...),
+		kgo.DisableAutoCommit(),
+		kgo.AdjustFetchOffsetsFn(r.adjust),
+		kgo.OnPartitionsAssigned(r.assigned),
+		kgo.OnPartitionsRevoked(r.revoked),
+		kgo.OnPartitionsLost(r.lost),
+	}, r.kopts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("creating Kafka client: %w", err)
+	}
+	r.cl = cl
+	return r, nil
+}
+
+// Run consumes until ctx ends, then stops fetching, lets the batches in
+// flight commit (within the drain timeout), commits the positions to Kafka
+// and leaves the group. It returns nil after a clean stop.
+func (r *Runner) Run(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { defer close(done); r.commitLoop(ctx) }()
+	for {
+		fs := r.cl.PollRecords(ctx, 10_000)
+		if ctx.Err() != nil || fs.IsClientClosed() {
+			break
+		}
+		fs.EachError(func(t string, p int32, err error) {
+			r.log.Warn("fetching", "topic", t, "partition", p, "err", err)
+		})
+		fs.EachPartition(r.dispatch)
+	}
+	<-done
+	r.stopAll()
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.drain)
+	defer cancel()
+	r.commitHints(cctx, r.cl, nil)
+	r.cl.Close() // leaves the group; revoked runs with no partition left to stop
+	return nil
+}
+
+// dispatch hands a fetched partition's records to its worker. Records of a
+// partition that is no longer ours are dropped: its new owner reads them
+// again from the position in PostgreSQL.
+func (r *Runner) dispatch(p kgo.FetchTopicPartition) {
+	key := partitionKey{p.Topic, p.Partition}
+	r.mu.Lock()
+	w := r.workers[key]
+	r.mu.Unlock()
+	if w == nil {
+		return
+	}
+	w.sawHighWatermark(p.HighWatermark)
+	if len(p.Records) == 0 {
+		return
+	}
+	if n := w.enqueue(p.Records); n >= 4*r.batch && w.setPaused(true) {
+		// Bound memory: fetch no more of it until the worker catches up.
+		r.cl.PauseFetchPartitions(map[string][]int32{p.Topic: {p.Partition}})
+	}
+}
+
+// resume lets a paused partition fetch again.
+func (r *Runner) resume(w *worker) {
+	if w.setPaused(false) {
+		r.cl.ResumeFetchPartitions(map[string][]int32{w.topic: {w.partition}})
+	}
+}
+
+// adjust takes the partitions just assigned: it bumps their epoch in
+// PostgreSQL, starts their workers, and returns the positions stored there
+// as the offsets to fetch from. A partition the group never applied starts
+// at the beginning of the log.
+func (r *Runner) adjust(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	for topic, parts := range offsets {
+		for p := range parts {
+			var next, epoch int64
+			err := r.pool.QueryRow(ctx, `
+				INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, epoch, owner)
+				VALUES ($1, $2, $3, -1, 1, $4)
+				ON CONFLICT (group_id, topic, partition)
+				DO UPDATE SET epoch = consumer_offsets.epoch + 1, owner = excluded.owner, updated_at = now()
+				RETURNING next_offset, epoch`, r.g.name, topic, p, r.member).Scan(&next, &epoch)
+			if err != nil {
+				return nil, fmt.Errorf("taking %s/%d: %w", topic, p, err)
+			}
+			if next >= 0 {
+				parts[p] = kgo.NewOffset().At(next).WithEpoch(-1)
+			} else {
+				parts[p] = kgo.NewOffset().AtStart()
+			}
+			w := newWorker(r, topic, p, epoch, next)
+			r.mu.Lock()
+			if old := r.workers[partitionKey{topic, p}]; old != nil {
+				old.stop() // a stale worker of an earlier assignment; its epoch is now fenced
+			}
+			r.workers[partitionKey{topic, p}] = w
+			r.mu.Unlock()
+			go w.run()
+		}
+	}
+	return offsets, nil
+}
+
+// The group callbacks use the client they are given: the group may call
+// them before New has stored its client.
+
+func (r *Runner) assigned(_ context.Context, cl *kgo.Client, m map[string][]int32) {
+	r.m.rebalances.WithLabelValues("assigned").Add(float64(count(m)))
+	// A partition paused before it was taken away stays paused when it
+	// comes back, unless told otherwise.
+	cl.ResumeFetchPartitions(m)
+}
+
+// revoked stops the workers of partitions moving elsewhere, lets their
+// batch in flight commit, and commits their positions to Kafka while the
+// group still allows it.
+func (r *Runner) revoked(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
+	if len(m) == 0 {
+		return
+	}
+	r.m.rebalances.WithLabelValues("revoked").Add(float64(count(m)))
+	hints := r.release(m)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.drain)
+	defer cancel()
+	r.commitHints(cctx, cl, hints)
+	cl.ResumeFetchPartitions(m)
+}
+
+// lost stops the workers of partitions the group took away abruptly
+// (session expired): commits to Kafka would fail, and the epoch already
+// fences anything still in flight.
+func (r *Runner) lost(_ context.Context, cl *kgo.Client, m map[string][]int32) {
+	r.m.rebalances.WithLabelValues("lost").Add(float64(count(m)))
+	r.release(m)
+	cl.ResumeFetchPartitions(m)
+}
+
+// release stops and forgets the workers of m, waiting (within the drain
+// timeout) for their batch in flight, and returns their positions.
+func (r *Runner) release(m map[string][]int32) map[string]map[int32]kgo.EpochOffset {
+	var ws []*worker
+	r.mu.Lock()
+	for topic, parts := range m {
+		for _, p := range parts {
+			key := partitionKey{topic, p}
+			if w := r.workers[key]; w != nil {
+				ws = append(ws, w)
+				delete(r.workers, key)
+			}
+		}
+	}
+	r.mu.Unlock()
+	return r.stopWorkers(ws)
+}
+
+// stopAll stops every worker, as the member leaves.
+func (r *Runner) stopAll() {
+	r.mu.Lock()
+	var ws []*worker
+	for key, w := range r.workers {
+		ws = append(ws, w)
+		delete(r.workers, key)
+	}
+	r.mu.Unlock()
+	r.stopWorkers(ws)
+}
+
+func (r *Runner) stopWorkers(ws []*worker) map[string]map[int32]kgo.EpochOffset {
+	for _, w := range ws {
+		w.stop()
+	}
+	deadline := time.After(r.drain)
+	hints := map[string]map[int32]kgo.EpochOffset{}
+	for _, w := range ws {
+		select {
+		case <-w.done:
+		case <-deadline:
+			r.log.Warn("a partition's batch did not finish within the drain timeout; its next owner applies it",
+				"topic", w.topic, "partition", w.partition)
+		}
+		if next := w.position(); next >= 0 {
+			if hints[w.topic] == nil {
+				hints[w.topic] = map[int32]kgo.EpochOffset{}
+			}
+			hints[w.topic][w.partition] = kgo.EpochOffset{Epoch: -1, Offset: next}
+		}
+	}
+	return hints
+}
+
+// commitLoop commits the applied positions to Kafka every commit interval,
+// for lag tools.
+func (r *Runner) commitLoop(ctx context.Context) {
+	t := time.NewTicker(r.commitEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, r.commitEvery)
+		r.commitHints(cctx, r.cl, nil)
+		cancel()
+	}
+}
+
+// commitHints commits hints, or the positions of every worker when hints is
+// nil, to Kafka, synchronously. Failures are logged and otherwise ignored:
+// the positions that count are in PostgreSQL.
+func (r *Runner) commitHints(ctx context.Context, cl *kgo.Client, hints map[string]map[int32]kgo.EpochOffset) {
+	if hints == nil {
+		hints = map[string]map[int32]kgo.EpochOffset{}
+		r.mu.Lock()
+		for key, w := range r.workers {
+			if next := w.position(); next >= 0 {
+				if hints[key.topic] == nil {
+					hints[key.topic] = map[int32]kgo.EpochOffset{}
+				}
+				hints[key.topic][key.partition] = kgo.EpochOffset{Epoch: -1, Offset: next}
+			}
+		}
+		r.mu.Unlock()
+	}
+	if len(hints) == 0 {
+		return
+	}
+	cl.CommitOffsetsSync(ctx, hints, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, _ *kmsg.OffsetCommitResponse, err error) {
+		if err != nil && ctx.Err() == nil {
+			r.log.Debug("committing positions to Kafka (a hint only)", "err", err)
+		}
+	})
+}
+
+func count(m map[string][]int32) int {
+	n := 0
+	for _, ps := range m {
+		n += len(ps)
+	}
+	return n
+}
+
+func newBackoff() *backoff.ExponentialBackOff {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 100 * time.Millisecond
+	bo.MaxInterval = 10 * time.Second
+	bo.MaxElapsedTime = 0 // never give up: nothing may be skipped
+	bo.Reset()
+	return bo
+}

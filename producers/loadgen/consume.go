@@ -1,0 +1,253 @@
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/tally-dev/tally/consumers/revenue"
+	"github.com/tally-dev/tally/internal/consumer"
+	"github.com/tally-dev/tally/internal/devkafka"
+	"github.com/tally-dev/tally/internal/envelope"
+	"github.com/tally-dev/tally/internal/observe"
+	"github.com/tally-dev/tally/internal/outbox"
+	"github.com/tally-dev/tally/producers/api"
+)
+
+// ConsumeBacklog measures how fast one member of the revenue group applies
+// a backlog of n invoice events already on Kafka (5 per invoice), and
+// returns events per second.
+func ConsumeBacklog(ctx context.Context, serverURL string, n int, log *slog.Logger) (float64, error) {
+	db, err := newDatabase(ctx, serverURL, 32)
+	if err != nil {
+		return 0, err
+	}
+	defer db.drop()
+	c, err := devkafka.Ephemeral(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	if err := fillTopic(ctx, c, n); err != nil {
+		return 0, fmt.Errorf("filling the topic: %w", err)
+	}
+	r, err := consumer.New(db.pool, revenue.Group(), consumer.WithKafkaOptions(kgo.SeedBrokers(c.ListenAddrs()...)),
+		consumer.WithLogger(log))
+	if err != nil {
+		return 0, err
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	began := time.Now()
+	go func() { defer close(done); r.Run(cctx) }()
+	defer func() { cancel(); <-done }()
+	for {
+		var applied int64
+		if err := db.pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE next_offset > 0`).Scan(&applied); err != nil {
+			return 0, err
+		}
+		if applied >= int64(n) {
+			break
+		}
+		if time.Since(began) > 10*time.Minute {
+			return 0, fmt.Errorf("the group applied %d of %d events in 10 minutes", applied, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	elapsed := time.Since(began)
+	rate := float64(n) / elapsed.Seconds()
+	log.Info("the revenue group applied the backlog", "events", n, "seconds", elapsed.Seconds(), "events_per_second", int(rate))
+	return rate, nil
+}
+
+// fillTopic produces n invoice events to tally.invoices.v1, 5 versions of
+// each invoice in order.
+func fillTopic(ctx context.Context, c *kfake.Cluster, n int) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.MaxBufferedRecords(100_000))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	var (
+		mu    sync.Mutex
+		first error
+	)
+	now := time.Now().UTC()
+	stamp := now.Format(time.RFC3339Nano)
+	for i := range n {
+		inv := fmt.Sprintf("inv_%08d", i/5)
+		version := int64(i%5 + 1)
+		typ := "tally.invoice.updated.v1"
+		if version == 1 {
+			typ = "tally.invoice.created.v1"
+		}
+		ev := envelope.Event{ID: envelope.NewID(), Type: typ, Source: "/tally/loadgen", Subject: inv, Time: now,
+			Sequence: version, CorrelationID: "loadgen", Data: fmt.Appendf(nil, `{"id":%q,"customer_id":"cus_%06d",`+
+				`"currency":"USD","status":"open","issued_at":"2025-01-01","due_at":"2025-01-31","lines":[{"description":`+
+				`"Pro plan, yearly","amount":12000,"quantity":1,"total":12000,"service_period":{"start":"2025-01-01",`+
+				`"end":"2025-12-31"}}],"subtotal":12000,"discount":0,"tax":%d,"total":%d,"amount_paid":0,"amount_due":%d,`+
+				`"created_at":%q,"updated_at":%q}`, inv, i%1000, version, 12000+version, 12000+version, stamp, stamp)}
+		cl.Produce(ctx, ev.Record("tally.invoices.v1"), func(_ *kgo.Record, err error) {
+			if err != nil {
+				mu.Lock()
+				first = cmpOr(first, err)
+				mu.Unlock()
+			}
+		})
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return err
+	}
+	return first
+}
+
+func cmpOr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// ProjectionLatency creates rate invoices per second through the HTTP API
+// for d, with the relay and a member of the revenue group running, and
+// measures each invoice's time from its creation's response (the commit) to
+// the revenue projection's commit of it. The first second is warm-up. It
+// returns the sorted latencies.
+func ProjectionLatency(ctx context.Context, serverURL string, rate int, d time.Duration, log *slog.Logger) ([]time.Duration, error) {
+	db, err := newDatabase(ctx, serverURL, 32)
+	if err != nil {
+		return nil, err
+	}
+	defer db.drop()
+	c, err := devkafka.Ephemeral(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	stopRelay, err := startRelay(db.pool, c, &ackHook{}, log)
+	if err != nil {
+		return nil, err
+	}
+	defer stopRelay()
+	r, err := consumer.New(db.pool, revenue.Group(), consumer.WithKafkaOptions(kgo.SeedBrokers(c.ListenAddrs()...)),
+		consumer.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(cctx) }()
+	defer func() { cancel(); <-done }()
+	notifier := outbox.NewNotifier(db.pool, log)
+	go notifier.Run(cctx)
+
+	mux := http.NewServeMux()
+	api.New(db.pool, notifier, log, api.Config{MaxBodyBytes: 1 << 20, IdempotencyTTL: time.Hour}).Register(mux)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: observe.NewHTTPMetrics(observe.NewRegistry()).Wrap(observe.NewTracer(), mux, api.Handler(mux))}
+	go srv.Serve(ln)
+	defer srv.Close()
+	base := "http://" + ln.Addr().String()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	if err := post(client, base+"/v1/customers", `{"id":"c","name":"Customer","email":"c@example.com"}`); err != nil {
+		return nil, err
+	}
+
+	var (
+		mu        sync.Mutex
+		committed = map[string]time.Time{}
+		errs      = make(chan error, 1)
+		wg        sync.WaitGroup
+	)
+	work := make(chan int, rate)
+	warm := time.Now().Add(time.Second)
+	for range 32 {
+		wg.Go(func() {
+			for i := range work {
+				id := fmt.Sprintf("inv-%07d", i)
+				body := fmt.Sprintf(`{"id":%q,"customer_id":"c","currency":"USD","issued_at":"2025-01-01",`+
+					`"due_at":"2025-01-31","lines":[{"description":"Pro plan","amount":12000}]}`, id)
+				resp, err := client.Post(base+"/v1/invoices", "application/json", bytes.NewReader([]byte(body)))
+				if err == nil {
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusCreated {
+						err = fmt.Errorf("creating an invoice answered %d", resp.StatusCode)
+					}
+				}
+				if err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+					continue
+				}
+				if at := time.Now(); at.After(warm) {
+					mu.Lock()
+					committed[id] = at
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	deadline := time.Now().Add(d + time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		<-tick.C
+		work <- i
+	}
+	tick.Stop()
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return nil, err
+	default:
+	}
+	// The projection stamps updated_at with the time of its statement, in
+	// the transaction that commits it.
+	var lat []time.Duration
+	for range 500 {
+		rows, err := db.pool.Query(ctx, `SELECT invoice_id, updated_at FROM revenue_invoices`)
+		if err != nil {
+			return nil, err
+		}
+		seen := map[string]time.Time{}
+		for rows.Next() {
+			var id string
+			var at time.Time
+			if err := rows.Scan(&id, &at); err != nil {
+				return nil, err
+			}
+			seen[id] = at
+		}
+		rows.Close()
+		lat = lat[:0]
+		missing := 0
+		for id, at := range committed {
+			p, ok := seen[id]
+			if !ok {
+				missing++
+				continue
+			}
+			lat = append(lat, max(p.Sub(at), 0))
+		}
+		if missing == 0 {
+			slices.Sort(lat)
+			return lat, nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil, fmt.Errorf("invoices created but never projected")
+}
