@@ -52,11 +52,21 @@ func newWorker(r *Runner, topic string, partition int32, epoch, next int64) *wor
 		kick: make(chan struct{}, 1), stopped: make(chan struct{}), done: make(chan struct{})}
 }
 
+// enqueue queues records to apply. Records before the position (fetched
+// for an earlier assignment of the partition) are dropped: applying them
+// again would change nothing but move the position back.
 func (w *worker) enqueue(recs []*kgo.Record) int {
 	now := time.Now()
 	w.mu.Lock()
+	from := w.next
+	if n := len(w.queue); n > 0 {
+		from = w.queue[n-1].rec.Offset + 1
+	}
 	for _, rec := range recs {
-		w.queue = append(w.queue, queued{rec, now})
+		if rec.Offset >= from {
+			w.queue = append(w.queue, queued{rec, now})
+			from = rec.Offset + 1
+		}
 	}
 	n := len(w.queue)
 	w.mu.Unlock()
