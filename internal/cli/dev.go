@@ -59,8 +59,9 @@ func runDev(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) err
   metrics     http://%[1]s/metrics   health: /livez /readyz
   Kafka       %[2]s   (embedded kfake broker, data in %[3]s)
   PostgreSQL  %[4]s
+  Consumers   %[5]s   (e.g. the revenue projection at /v1/revenue/invoices/{id})
   Watch the events:  kcat -b %[2]s -C -t tally.invoices.v1 -f '%%k %%h %%s\n'
-`, cfg.HTTPAddr, brokers[0], kafkaDir, redactURL(cfg.DatabaseURL))
+`, cfg.HTTPAddr, brokers[0], kafkaDir, redactURL(cfg.DatabaseURL), groupNames())
 		return h, nil
 	})
 }

@@ -216,6 +216,28 @@ func TestDevRunsTheWholePipeline(t *testing.T) {
 		t.Errorf("audit trail of inv-a has %d events, or a different last one than Kafka", len(data))
 	}
 
+	// tally dev runs the revenue group: its projection catches up.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get("http://" + d.http + "/v1/revenue/invoices/inv-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var proj map[string]any
+		json.NewDecoder(resp.Body).Decode(&proj)
+		resp.Body.Close()
+		if proj["last_sequence"] == 5.0 {
+			if proj["status"] != "paid" || proj["amount_due"] != 0.0 {
+				t.Errorf("revenue projection of inv-a at version 5: %v", proj)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the revenue projection of inv-a did not reach version 5: %v", proj)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
 	if path, err := exec.LookPath("kcat"); err == nil {
 		out, err := exec.Command(path, "-b", d.kafka, "-C", "-t", "tally.invoices.v1", "-e", "-q", "-f", "%k %h %s\n").CombinedOutput()
 		if err != nil {
