@@ -6,7 +6,9 @@
 //     read is one the code registers, found by building the real collectors;
 //   - every environment variable given to a tally container is a setting of
 //     internal/config;
-//   - every command a container runs is a tally subcommand;
+//   - every command a container runs is a tally subcommand, and every
+//     consumer group `tally consume` accepts is deployed (compose, Kubernetes
+//     with its KEDA ScaledObject) and scraped;
 //   - grace periods exceed TALLY_SHUTDOWN_TIMEOUT, probes and security
 //     settings are in place, the image's ENTRYPOINT is in exec form.
 //
@@ -24,6 +26,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"net"
 	"net/url"
@@ -43,10 +46,13 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
 
+	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/cli"
 	"github.com/tally-dev/tally/internal/config"
+	"github.com/tally-dev/tally/internal/consumer"
 	"github.com/tally-dev/tally/internal/observe"
 	"github.com/tally-dev/tally/producers/relay"
+	"github.com/tally-dev/tally/topics"
 )
 
 // root is the repository root, relative to this package's directory (where
@@ -172,9 +178,10 @@ func (r *recorder) Unregister(c prometheus.Collector) bool { return r.reg.Unregi
 const kafkaNamespace = "tally_kafka"
 
 // exportedMetrics builds the collectors a tally process registers (the
-// registry of observe, the HTTP metrics, the relay's metrics and franz-go's
-// kprom metrics, wired as internal/cli wires them) and returns what they
-// describe. No database or broker is contacted.
+// registry of observe, the HTTP metrics, the relay's metrics, a consumer
+// group member's metrics and franz-go's kprom metrics, wired as internal/cli
+// wires them) and returns what they describe. No database or broker is
+// contacted.
 func exportedMetrics(t *testing.T) metricSet {
 	t.Helper()
 	reg := observe.NewRegistry()
@@ -209,7 +216,12 @@ func exportedMetrics(t *testing.T) metricSet {
 	if !strings.Contains(cliSrc, `kprom.NewMetrics("`+kafkaNamespace+`"`) {
 		t.Errorf("internal/cli no longer calls kprom.NewMetrics(%q, ...): update kafkaNamespace, the dashboard and the rules", kafkaNamespace)
 	}
-	kp := kprom.NewMetrics(kafkaNamespace, kprom.Registerer(rec))
+	// Every tally_kafka_ series carries the client's id (tally-relay,
+	// tally-<group>), which the dashboard groups by.
+	if !strings.Contains(cliSrc, "kprom.WithClientLabel()") {
+		t.Errorf("internal/cli no longer gives kprom WithClientLabel(): the dashboard's Kafka panels group by client_id")
+	}
+	kp := kprom.NewMetrics(kafkaNamespace, kprom.Registerer(rec), kprom.WithClientLabel())
 
 	// pgxpool.New connects lazily; the relay only queries at scrape time.
 	pool, err := pgxpool.New(context.Background(), "postgres://tally@127.0.0.1:1/tally?sslmode=disable")
@@ -224,15 +236,65 @@ func exportedMetrics(t *testing.T) metricSet {
 		t.Fatal(err)
 	}
 
+	// A member of a consumer group, as `tally consume revenue` builds it
+	// (internal/cli startConsumer), with its own kprom instance as in that
+	// process. Every group exports the same names, told apart by the const
+	// label group. The lag collector reports nothing at scrape time without
+	// owned partitions, but describes itself, which is what note reads.
+	kc := kprom.NewMetrics(kafkaNamespace, kprom.Registerer(rec), kprom.WithClientLabel())
+	member, err := consumer.New(pool, revenue.Group(),
+		consumer.WithRegisterer(rec),
+		consumer.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
+		consumer.WithKafkaOptions(kgo.SeedBrokers("127.0.0.1:1"), kgo.WithHooks(kc)),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeMember(t, member)
+
 	// Prometheus' own per-target series.
 	rec.metrics["up"] = map[string]bool{}
 
-	for _, want := range []string{"tally_build_info", "tally_http_requests_total", "tally_relay_owned_shards", kafkaNamespace + "_produce_bytes_total"} {
+	for _, want := range []string{"tally_build_info", "tally_http_requests_total", "tally_relay_owned_shards",
+		"tally_consumer_records_total", kafkaNamespace + "_produce_bytes_total", kafkaNamespace + "_fetch_bytes_total"} {
 		if _, ok := rec.metrics[want]; !ok {
 			t.Fatalf("collecting metric names found no %s (found %d names): the test's collector wiring is out of date", want, len(rec.metrics))
 		}
 	}
+	for name, labels := range map[string][]string{
+		"tally_consumer_lag_records":       {"group", "topic", "partition"},
+		"tally_consumer_records_total":     {"group", "topic", "outcome"},
+		kafkaNamespace + "_connects_total": {"client_id"},
+	} {
+		for _, l := range labels {
+			if !rec.metrics[name][l] {
+				t.Fatalf("%s has no label %s (labels %v): the test's collector wiring or the code changed", name, l, sortedKeys(rec.metrics[name]))
+			}
+		}
+	}
 	return rec.metrics
+}
+
+// closeMember stops a consumer group member that never ran. consumer.New
+// starts a Kafka client that tries to join its group in the background (it
+// never reaches the broker at 127.0.0.1:1); Run with a context already done
+// goes straight to its shutdown, which closes that client. Should that ever
+// block, the client is left behind (harmless in a test binary) rather than
+// failing the test.
+func closeMember(t *testing.T, member *consumer.Runner) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	done := make(chan error, 1)
+	go func() { done <- member.Run(ctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Logf("stopping the consumer group member: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Log("the consumer group member did not stop within 10s; its Kafka client is left behind")
+	}
 }
 
 // runtimeEnv are variables read by the Go runtime rather than by tally.
@@ -248,16 +310,23 @@ func knownEnv() map[string]bool {
 
 func defaultShutdownTimeout() time.Duration { return config.Default().ShutdownTimeout }
 
-// knownCommands asks the CLI for its subcommands (`tally help`).
-func knownCommands(t *testing.T) map[string]bool {
+// tallyHelp returns the usage `tally help` prints.
+func tallyHelp(t *testing.T) string {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	if st := cli.Main(context.Background(), []string{"help"}, func(string) string { return "" }, &out, &errOut); st != 0 {
 		t.Fatalf("tally help: status %d: %s", st, errOut.String())
 	}
+	return out.String()
+}
+
+// knownCommands asks the CLI for its subcommands (`tally help`).
+func knownCommands(t *testing.T) map[string]bool {
+	t.Helper()
+	help := tallyHelp(t)
 	cmds := map[string]bool{}
 	in := false
-	for _, line := range strings.Split(out.String(), "\n") {
+	for _, line := range strings.Split(help, "\n") {
 		switch {
 		case strings.HasPrefix(line, "Commands:"):
 			in = true
@@ -267,12 +336,92 @@ func knownCommands(t *testing.T) map[string]bool {
 			in = len(cmds) == 0
 		}
 	}
-	for _, c := range []string{"api", "relay", "migrate", "topics"} {
+	for _, c := range []string{"api", "relay", "consume", "migrate", "topics"} {
 		if !cmds[c] {
-			t.Fatalf("tally help does not list %q; usage was:\n%s", c, out.String())
+			t.Fatalf("tally help does not list %q; usage was:\n%s", c, help)
 		}
 	}
 	return cmds
+}
+
+// consumeLineRE reads the groups off the consume line of `tally help`:
+// "  consume   consume <group>: run a member of a consumer group (revenue)".
+var consumeLineRE = regexp.MustCompile(`^\s+consume\s.*\(([^()]*)\)\s*$`)
+
+// knownGroups returns the consumer groups `tally consume` accepts, as
+// `tally help` lists them on its consume line, and checks that list against
+// the command itself: an unknown group is refused with status 2 and
+// "unknown consumer group", a listed one is not (it is started with a
+// context already done and an unreachable database, so it stops at once).
+func knownGroups(t *testing.T) map[string]bool {
+	t.Helper()
+	help := tallyHelp(t)
+	groups := map[string]bool{}
+	for _, line := range strings.Split(help, "\n") {
+		if m := consumeLineRE.FindStringSubmatch(line); m != nil {
+			for _, g := range strings.Split(m[1], ",") {
+				if g = strings.TrimSpace(g); g != "" {
+					groups[g] = true
+				}
+			}
+		}
+	}
+	if len(groups) == 0 {
+		t.Fatalf("tally help lists no consumer groups on its consume line (want \"consume ... (group, ...)\"); usage was:\n%s", help)
+	}
+	consume := func(group string) (int, string) {
+		env := map[string]string{
+			"DATABASE_URL":    "postgres://tally@127.0.0.1:1/tally?sslmode=disable&connect_timeout=1",
+			"KAFKA_BROKERS":   "127.0.0.1:1",
+			"TALLY_HTTP_ADDR": "127.0.0.1:0",
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		var errOut bytes.Buffer
+		st := cli.Main(ctx, []string{"consume", group}, func(k string) string { return env[k] }, io.Discard, &errOut)
+		return st, errOut.String()
+	}
+	if st, errOut := consume("frobnicate"); st != 2 || !strings.Contains(errOut, "unknown consumer group") {
+		t.Fatalf("tally consume frobnicate: status %d, %q; want status 2 and \"unknown consumer group\" (the test's reading of the groups is out of date)", st, errOut)
+	}
+	for _, g := range sortedKeys(groups) {
+		if st, errOut := consume(g); st == 2 {
+			t.Fatalf("tally help lists consumer group %q, but `tally consume %s` refuses it: %s", g, g, errOut)
+		}
+	}
+	return groups
+}
+
+// groupTopics are the topics each consumer group reads, for the checks of
+// its ScaledObject (topic, maxReplicaCount) and replica counts. A group
+// `tally consume` accepts that is missing here fails the tests that need it.
+var groupTopics = map[string][]string{
+	"revenue": revenue.Topics,
+}
+
+// groupPartitions returns the fewest partitions of a topic group reads: the
+// most members that all own a partition.
+func groupPartitions(group string) (int, error) {
+	ts, ok := groupTopics[group]
+	if !ok || len(ts) == 0 {
+		return 0, fmt.Errorf("deploy_test.go does not know the topics of consumer group %s: add them to groupTopics", group)
+	}
+	n := -1
+	for _, name := range ts {
+		found := false
+		for _, tp := range topics.Catalogue() {
+			if tp.Name == name {
+				found = true
+				if n < 0 || int(tp.Partitions) < n {
+					n = int(tp.Partitions)
+				}
+			}
+		}
+		if !found {
+			return 0, fmt.Errorf("consumer group %s reads %s, which is not in the topic catalogue", group, name)
+		}
+	}
+	return n, nil
 }
 
 // envAccepted runs `tally cmd -h` with env as its whole environment: the
@@ -287,8 +436,9 @@ func envAccepted(cmd string, env map[string]string) error {
 	return nil
 }
 
-// checkCommand reports what is wrong with running tally with args.
-func checkCommand(args []string, cmds map[string]bool) error {
+// checkCommand reports what is wrong with running tally with args; groups
+// are the consumer groups `tally consume` accepts.
+func checkCommand(args []string, cmds, groups map[string]bool) error {
 	if len(args) == 0 {
 		return fmt.Errorf("no subcommand (the image's default is `tally help`)")
 	}
@@ -298,6 +448,16 @@ func checkCommand(args []string, cmds map[string]bool) error {
 	// `topics` has one subcommand (internal/cli runTopics).
 	if args[0] == "topics" && (len(args) < 2 || args[1] != "apply") {
 		return fmt.Errorf("`tally topics` needs `apply`, got %q", args)
+	}
+	// `consume` takes exactly one group (internal/cli runConsume); flags
+	// after it are not parsed, and settings come from the environment.
+	if args[0] == "consume" {
+		if len(args) != 2 {
+			return fmt.Errorf("`tally consume` takes exactly one consumer group (one of %v), got %q", sortedKeys(groups), args[1:])
+		}
+		if !groups[args[1]] {
+			return fmt.Errorf("%q is not a consumer group `tally consume` accepts (have %v)", args[1], sortedKeys(groups))
+		}
 	}
 	return nil
 }
@@ -387,7 +547,13 @@ func checkSeries(expr string, ms metricSet) []string {
 var requiredAlerts = []string{
 	"OutboxBacklogStale", "OutboxBacklogGrowing", "RelayNotPublishing", "RelayErrors",
 	"RelayShardsUnowned", "APIHighErrorRate", "APILatencyHigh", "TallyDown",
+	"ConsumerLagHigh", "ConsumerNotProgressing", "ConsumerRejectingRecords", "ConsumerRetryingBatches",
+	"ConsumerEndToEndLatencyHigh", "ConsumerStale", "ConsumerGroupNoMembers",
 }
+
+// instanceGroupingRE finds an aggregation or a match that keeps or joins on
+// instance.
+var instanceGroupingRE = regexp.MustCompile(`\b(?:by|on)\s*\([^)]*\binstance\b[^)]*\)`)
 
 type alertRule struct {
 	name, expr, severity, summary, description string
@@ -442,6 +608,16 @@ func TestAlertRules(t *testing.T) {
 		for _, p := range checkPromQL(r.expr, ms) {
 			t.Errorf("%s: %s", r.name, p)
 		}
+		// A group has any number of members, each reporting its own
+		// partitions: consumer rules judge the group, not one member.
+		if strings.Contains(r.expr, "tally_consumer_") {
+			if !strings.Contains(r.expr, "by (group") {
+				t.Errorf("%s: reads tally_consumer_* without aggregating by (group, ...): a group has several members", r.name)
+			}
+			if instanceGroupingRE.MatchString(r.expr) {
+				t.Errorf("%s: aggregates consumer metrics by instance; judge the group (several members share its partitions)", r.name)
+			}
+		}
 		// Metrics named in the annotations must exist too (a prefix such as
 		// tally_kafka_* is not a name).
 		for _, n := range tallyNameRE.FindAllString(r.summary+" "+r.description, -1) {
@@ -494,8 +670,12 @@ func TestAlertRuleTests(t *testing.T) {
 		}
 	}
 	// The edges that matter most: a stale backlog must not page early, nor
-	// an empty outbox (whose oldest-timestamp gauge is 0) at all.
-	for _, a := range []string{"OutboxBacklogStale", "APIHighErrorRate", "RelayShardsUnowned", "RelayNotPublishing"} {
+	// an empty outbox (whose oldest-timestamp gauge is 0) at all; a
+	// partition changing hands counts once, one idle member among busy ones
+	// is not a stuck group, a member that never committed is not stale since
+	// 1970, old rejects stop firing, a replaced member is not a missing one.
+	for _, a := range []string{"OutboxBacklogStale", "APIHighErrorRate", "RelayShardsUnowned", "RelayNotPublishing",
+		"ConsumerLagHigh", "ConsumerNotProgressing", "ConsumerStale", "ConsumerRejectingRecords", "ConsumerGroupNoMembers"} {
 		if !quiet[a] {
 			t.Errorf("no unit test shows %s staying quiet", a)
 		}
@@ -540,6 +720,20 @@ func TestDashboard(t *testing.T) {
 		for _, v := range d.Templating.List {
 			if v.Name == "datasource" && v.Type == "datasource" && v.Query == "prometheus" {
 				hasDS = true
+			}
+			// label_values(metric, label) of a query variable must name a
+			// metric and label the code exports.
+			if q, ok := v.Query.(string); ok && v.Type == "query" {
+				m := labelValuesRE.FindStringSubmatch(q)
+				if m == nil {
+					t.Errorf("%s: variable %s: query %q, want label_values(metric, label)", name, v.Name, q)
+					continue
+				}
+				if labels, ok := ms.lookup(m[1]); !ok {
+					t.Errorf("%s: variable %s: metric %s is not exported by the code", name, v.Name, m[1])
+				} else if !labels[m[2]] {
+					t.Errorf("%s: variable %s: %s has no label %q", name, v.Name, m[1], m[2])
+				}
 			}
 		}
 		if !hasDS {
@@ -594,13 +788,24 @@ func TestDashboard(t *testing.T) {
 		"tally_relay_errors_total",
 		"tally_http_requests_total",
 		"tally_http_request_duration_seconds_bucket",
+		"tally_consumer_records_total",
+		"tally_consumer_lag_records",
+		"tally_consumer_end_to_end_seconds_bucket",
+		"tally_consumer_processing_seconds_bucket",
+		"tally_consumer_last_processed_timestamp_seconds",
+		"tally_consumer_batch_retries_total",
+		"tally_consumer_fenced_total",
+		"tally_consumer_rebalance_partitions_total",
 		kafkaNamespace + "_produce_bytes_total",
+		kafkaNamespace + "_fetch_bytes_total",
 	} {
 		if !used[m] {
 			t.Errorf("no dashboard panel shows %s", m)
 		}
 	}
 }
+
+var labelValuesRE = regexp.MustCompile(`^\s*label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*,\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)\s*$`)
 
 type dashboard struct {
 	ID            *int    `json:"id"`
@@ -724,6 +929,7 @@ func TestCompose(t *testing.T) {
 	c := loadCompose(t)
 	known := knownEnv()
 	cmds := knownCommands(t)
+	groups := knownGroups(t)
 	if c.doc.get("name") != nil {
 		t.Errorf("docker-compose.yml: a top-level name: is rejected by docker-compose 1.29")
 	}
@@ -733,6 +939,7 @@ func TestCompose(t *testing.T) {
 		}
 	}
 	ran := map[string]bool{}
+	svcArgs := map[string][]string{}
 	for _, name := range sortedKeys(c.services) {
 		svc := c.services[name]
 		for _, dep := range append(svc.get("depends_on").mapKeys(), svc.get("depends_on").strs()...) {
@@ -772,10 +979,11 @@ func TestCompose(t *testing.T) {
 		args, err := flowStrings(svc.get("command").str())
 		if err != nil {
 			t.Errorf("%s: command: %v", name, err)
-		} else if err := checkCommand(args, cmds); err != nil {
+		} else if err := checkCommand(args, cmds, groups); err != nil {
 			t.Errorf("%s: command %q: %v", name, args, err)
 		} else {
 			ran[strings.Join(args, " ")] = true
+			svcArgs[name] = args
 		}
 		if args != nil && args[0] == "dev" {
 			t.Errorf("%s runs `tally dev`, which embeds its own broker; compose runs each component alone", name)
@@ -803,17 +1011,48 @@ func TestCompose(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"migrate", "topics apply", "api", "relay"} {
-		if !ran[want] {
-			t.Errorf("no compose service runs `tally %s`", want)
+	want := []string{"migrate", "topics apply", "api", "relay"}
+	for _, g := range sortedKeys(groups) {
+		want = append(want, "consume "+g)
+	}
+	for _, w := range want {
+		if !ran[w] {
+			t.Errorf("no compose service runs `tally %s`", w)
 		}
 	}
 	if r, _ := strconv.Atoi(c.services["relay"].get("deploy").get("replicas").str()); r < 2 {
 		t.Errorf("relay: deploy.replicas %d, want 2 or more (relays share the outbox shards)", r)
 	}
-	for _, dep := range []string{"migrate", "topics"} {
-		if c.services["relay"].get("depends_on").get(dep).get("condition").str() != "service_completed_successfully" {
-			t.Errorf("relay must wait for %s to complete successfully", dep)
+	// The relay and the consumer groups need the schema and the topics, and
+	// both servers up.
+	for _, name := range sortedKeys(svcArgs) {
+		args := svcArgs[name]
+		if args[0] != "relay" && args[0] != "consume" {
+			continue
+		}
+		deps := c.services[name].get("depends_on")
+		for dep, cond := range map[string]string{"migrate": "service_completed_successfully", "topics": "service_completed_successfully",
+			"postgres": "service_healthy", "kafka": "service_healthy"} {
+			if got := deps.get(dep).get("condition").str(); got != cond {
+				t.Errorf("%s must wait for %s with condition %s (has %q)", name, dep, cond, got)
+			}
+		}
+		if c.services[name].get("restart").str() == "no" || c.services[name].get("restart") == nil {
+			t.Errorf("%s: a long-running component needs a restart policy (unless-stopped)", name)
+		}
+		if args[0] != "consume" {
+			continue
+		}
+		// Members share the group's partitions: more would sit idle.
+		parts, err := groupPartitions(args[1])
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if r := c.services[name].get("deploy").get("replicas").str(); r != "" {
+			if n, err := strconv.Atoi(r); err != nil || n < 1 || n > parts {
+				t.Errorf("%s: deploy.replicas %s, want 1 to %d (the partitions of the group's topics)", name, r, parts)
+			}
 		}
 	}
 	// The broker's internal listener is what the containers use.
@@ -833,6 +1072,48 @@ func TestCompose(t *testing.T) {
 					t.Errorf("%s: KAFKA_BROKERS %s is not one of kafka's advertised listeners", name, b)
 				}
 			}
+		}
+	}
+}
+
+// TestPrometheusScrape checks that Prometheus (deploy/prometheus) scrapes
+// every long-running tally service of the compose file, each replica on its
+// own, under the job name tally-<service> that TallyDown watches.
+func TestPrometheusScrape(t *testing.T) {
+	c := loadCompose(t)
+	docs := readYAML(t, "deploy/prometheus/prometheus.yml")
+	if len(docs) != 1 {
+		t.Fatalf("prometheus.yml: want one YAML document, got %d", len(docs))
+	}
+	jobs := map[string]*yNode{}
+	for _, sc := range docs[0].get("scrape_configs").items() {
+		jobs[sc.get("job_name").str()] = sc
+	}
+	for _, name := range sortedKeys(c.services) {
+		svc := c.services[name]
+		if !isTally(svc) || svc.get("restart").str() == "no" {
+			continue // one-shots (migrate, topics) serve no metrics for long
+		}
+		job := "tally-" + name
+		sc := jobs[job]
+		if sc == nil {
+			t.Errorf("prometheus.yml has no job %s scraping the compose service %s", job, name)
+			continue
+		}
+		_, port, err := net.SplitHostPort(envOf(svc)["TALLY_HTTP_ADDR"])
+		if err != nil {
+			t.Errorf("%s: TALLY_HTTP_ADDR: %v", name, err)
+			continue
+		}
+		found := false
+		for _, sd := range sc.get("dns_sd_configs").items() {
+			names, _ := flowStrings(sd.get("names").str())
+			if slices.Contains(append(names, sd.get("names").strs()...), name) && sd.get("port").str() == port {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("job %s: want dns_sd_configs with names [%q] and port %s, so every replica of %s is scraped", job, name, port, name)
 		}
 	}
 }
@@ -899,6 +1180,7 @@ func TestDockerfile(t *testing.T) {
 func TestKubernetes(t *testing.T) {
 	known := knownEnv()
 	cmds := knownCommands(t)
+	groups := knownGroups(t)
 
 	// Settings given through the generated ConfigMap: base/tally.env, and
 	// each overlay's .env files merged over it.
@@ -952,7 +1234,7 @@ func TestKubernetes(t *testing.T) {
 		if v := env["TALLY_SHUTDOWN_TIMEOUT"]; v != "" && v != baseEnv["TALLY_SHUTDOWN_TIMEOUT"] {
 			t.Errorf("%s: overrides TALLY_SHUTDOWN_TIMEOUT; the grace periods are checked against the base's", dir)
 		}
-		for _, cmd := range []string{"api", "relay", "migrate", "topics"} {
+		for _, cmd := range []string{"api", "relay", "consume", "migrate", "topics"} {
 			if err := envAccepted(cmd, env); err != nil {
 				t.Errorf("%s: the ConfigMap's settings: %v", dir, err)
 			}
@@ -971,6 +1253,8 @@ func TestKubernetes(t *testing.T) {
 	}
 	deployments := map[string]*yNode{}
 	pdbs := map[string]*yNode{}
+	scaledObjects := map[string]*yNode{}
+	consumes := map[string]string{} // Deployment -> the group it runs
 	ran := map[string]bool{}
 	for _, f := range files {
 		rel, _ := filepath.Rel(root, f)
@@ -983,6 +1267,11 @@ func TestKubernetes(t *testing.T) {
 			case "Deployment", "Job":
 			case "PodDisruptionBudget":
 				pdbs[name] = doc
+				continue
+			case "ScaledObject":
+				if isBase {
+					scaledObjects[name] = doc
+				}
 				continue
 			default:
 				continue
@@ -1012,10 +1301,13 @@ func TestKubernetes(t *testing.T) {
 				args, err := flowStrings(c.get("args").str())
 				if err != nil {
 					t.Errorf("%s: args: %v", cw, err)
-				} else if err := checkCommand(args, cmds); err != nil {
+				} else if err := checkCommand(args, cmds, groups); err != nil {
 					t.Errorf("%s: args %q: %v", cw, args, err)
 				} else {
 					ran[strings.Join(args, " ")] = true
+					if kind == "Deployment" && args[0] == "consume" {
+						consumes[name] = args[1]
+					}
 				}
 				if !strings.Contains(c.get("image").str(), "tally") {
 					t.Errorf("%s: image %q, want the tally image", cw, c.get("image").str())
@@ -1067,11 +1359,17 @@ func TestKubernetes(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"migrate", "topics apply", "api", "relay"} {
-		if !ran[want] {
-			t.Errorf("no manifest runs `tally %s`", want)
+	want := []string{"migrate", "topics apply", "api", "relay"}
+	for _, g := range sortedKeys(groups) {
+		want = append(want, "consume "+g)
+	}
+	for _, w := range want {
+		if !ran[w] {
+			t.Errorf("no manifest runs `tally %s`", w)
 		}
 	}
+	checkScaledObjects(t, deployments, consumes, scaledObjects)
+	checkBrokerReplacements(t)
 	for _, d := range []string{"tally-api", "tally-relay"} {
 		if deployments[d] == nil {
 			t.Errorf("no Deployment %s in deploy/k8s/base", d)
@@ -1556,6 +1854,214 @@ second: doc
 	for _, bad := range []string{"a:\n  - x\n  b: y\n", "a: 1\na: 2\n", "a: *nope\n"} {
 		if _, err := parseYAML(bad); err == nil {
 			t.Errorf("parseYAML(%q): no error", bad)
+		}
+	}
+}
+
+// checkScaledObjects checks the KEDA ScaledObjects of deploy/k8s/base
+// against the Deployments of consumer groups (consumes maps a Deployment to
+// the group it runs): each such Deployment leaves its replicas to exactly
+// one ScaledObject, whose Kafka triggers read the group's Kafka group id and
+// every topic it reads, and never scale past the partitions.
+func checkScaledObjects(t *testing.T, deployments map[string]*yNode, consumes map[string]string, scaledObjects map[string]*yNode) {
+	t.Helper()
+	scaledBy := map[string][]string{}
+	for _, name := range sortedKeys(scaledObjects) {
+		so := scaledObjects[name]
+		where := "ScaledObject " + name
+		if v := so.get("apiVersion").str(); v != "keda.sh/v1alpha1" {
+			t.Errorf("%s: apiVersion %q, want keda.sh/v1alpha1", where, v)
+		}
+		spec := so.get("spec")
+		ref := spec.get("scaleTargetRef")
+		target := ref.get("name").str()
+		if k := ref.get("kind").str(); k != "" && k != "Deployment" {
+			t.Errorf("%s: scaleTargetRef.kind %q, want Deployment", where, k)
+		}
+		group, ok := consumes[target]
+		if !ok {
+			t.Errorf("%s: scales %q, which is not a Deployment running `tally consume <group>`", where, target)
+			continue
+		}
+		scaledBy[target] = append(scaledBy[target], name)
+		parts, err := groupPartitions(group)
+		if err != nil {
+			t.Errorf("%s: %v", where, err)
+			continue
+		}
+		lo, errLo := strconv.Atoi(spec.get("minReplicaCount").str())
+		hi, errHi := strconv.Atoi(spec.get("maxReplicaCount").str())
+		switch {
+		case errLo != nil || lo < 1:
+			// KEDA's documented trap: at 0, a group that never committed
+			// has no lag to wake it.
+			t.Errorf("%s: minReplicaCount %q, want 1 or more", where, spec.get("minReplicaCount").str())
+		case errHi != nil || hi < lo || hi > parts:
+			t.Errorf("%s: maxReplicaCount %q, want %d to %d (the partitions of group %s's topics)", where, spec.get("maxReplicaCount").str(), lo, parts, group)
+		}
+		covered := map[string]bool{}
+		for i, tr := range spec.get("triggers").items() {
+			if tr.get("type").str() != "kafka" {
+				continue
+			}
+			tw := fmt.Sprintf("%s trigger %d", where, i)
+			md := tr.get("metadata")
+			if g := md.get("consumerGroup").str(); g != "tally."+group {
+				t.Errorf("%s: consumerGroup %q, want %q (the Kafka group id of `tally consume %s`)", tw, g, "tally."+group, group)
+			}
+			topic := md.get("topic").str()
+			if !slices.Contains(groupTopics[group], topic) {
+				t.Errorf("%s: topic %q, want one of the topics group %s reads %v", tw, topic, group, groupTopics[group])
+			}
+			covered[topic] = true
+			if n, err := strconv.Atoi(md.get("lagThreshold").str()); err != nil || n < 1 {
+				t.Errorf("%s: lagThreshold %q, want a positive integer", tw, md.get("lagThreshold").str())
+			}
+			if n, err := strconv.Atoi(md.get("activationLagThreshold").str()); err != nil || n < 0 {
+				t.Errorf("%s: activationLagThreshold %q, want an integer of 0 or more", tw, md.get("activationLagThreshold").str())
+			}
+			// A partition without a position in PostgreSQL is read from its
+			// start, so its whole log is lag.
+			if p := md.get("offsetResetPolicy").str(); p != "earliest" {
+				t.Errorf("%s: offsetResetPolicy %q, want earliest", tw, p)
+			}
+			if a := md.get("allowIdleConsumers").str(); a != "" && a != "false" {
+				t.Errorf("%s: allowIdleConsumers %q: members beyond the partitions would sit idle", tw, a)
+			}
+			if md.get("bootstrapServers").str() == "" {
+				t.Errorf("%s: no bootstrapServers (kustomize replaces it with the ConfigMap's KAFKA_BROKERS)", tw)
+			}
+		}
+		for _, topic := range groupTopics[group] {
+			if !covered[topic] {
+				t.Errorf("%s: no kafka trigger reads the lag of %s, which group %s reads", where, topic, group)
+			}
+		}
+	}
+	for _, d := range sortedKeys(consumes) {
+		if r := deployments[d].get("spec").get("replicas"); r != nil {
+			t.Errorf("Deployment %s: spec.replicas %s; leave it out, KEDA's ScaledObject owns it", d, r.str())
+		}
+		if n := len(scaledBy[d]); n != 1 {
+			t.Errorf("Deployment %s (consumer group %s): %d ScaledObjects scale it %v, want exactly one", d, consumes[d], n, scaledBy[d])
+		}
+	}
+}
+
+// The replacement that gives KEDA's Kafka scaler the brokers of the
+// ConfigMap (deploy/k8s/base/kustomization.yaml).
+const (
+	brokersSource = "data.KAFKA_BROKERS"
+	brokersTarget = "spec.triggers.[type=kafka].metadata.bootstrapServers"
+)
+
+// hasBrokerReplacement reports whether a kustomization copies the
+// ConfigMap's KAFKA_BROKERS into the ScaledObjects' Kafka triggers.
+func hasBrokerReplacement(k *yNode) bool {
+	for _, r := range k.get("replacements").items() {
+		src := r.get("source")
+		if src.get("kind").str() != "ConfigMap" || src.get("name").str() != "tally-config" || src.get("fieldPath").str() != brokersSource {
+			continue
+		}
+		for _, tg := range r.get("targets").items() {
+			if tg.get("select").get("kind").str() == "ScaledObject" && slices.Contains(tg.get("fieldPaths").strs(), brokersTarget) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// checkBrokerReplacements checks that the base, and every overlay that sets
+// its own KAFKA_BROKERS, copies the ConfigMap's brokers into the KEDA
+// triggers: a base's replacement sees only the base's ConfigMap.
+func checkBrokerReplacements(t *testing.T) {
+	t.Helper()
+	if !hasBrokerReplacement(readYAML(t, "deploy/k8s/base/kustomization.yaml")[0]) {
+		t.Errorf("deploy/k8s/base/kustomization.yaml: no replacement from ConfigMap tally-config %s to ScaledObject %s", brokersSource, brokersTarget)
+	}
+	overlays, _ := filepath.Glob(path("deploy/k8s/overlays/*/kustomization.yaml"))
+	for _, f := range overlays {
+		dir := filepath.Dir(f)
+		envs, _ := filepath.Glob(filepath.Join(dir, "*.env"))
+		sets := false
+		for _, e := range envs {
+			b, err := os.ReadFile(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				sets = sets || strings.HasPrefix(strings.TrimSpace(line), "KAFKA_BROKERS=")
+			}
+		}
+		rel, _ := filepath.Rel(root, f)
+		if sets && !hasBrokerReplacement(readYAML(t, filepath.ToSlash(rel))[0]) {
+			t.Errorf("%s: sets KAFKA_BROKERS but does not repeat the base's replacement into the ScaledObjects (%s), so KEDA would read the base's brokers", rel, brokersTarget)
+		}
+	}
+}
+
+// TestKubernetesRendered renders the base and every overlay with kubectl
+// kustomize and checks what KEDA is given against what the pods are given.
+func TestKubernetesRendered(t *testing.T) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Skip("kubectl is not installed; CI installs it (kubectl kustomize renders offline)")
+	}
+	dirs := []string{path("deploy/k8s/base")}
+	overlays, _ := filepath.Glob(path("deploy/k8s/overlays/*"))
+	dirs = append(dirs, overlays...)
+	for _, dir := range dirs {
+		out, err := exec.Command(kubectl, "kustomize", dir).Output()
+		if err != nil {
+			t.Errorf("kubectl kustomize %s: %v", dir, err)
+			continue
+		}
+		docs, err := parseYAML(string(out))
+		if err != nil {
+			t.Errorf("kubectl kustomize %s: reading its output: %v", dir, err)
+			continue
+		}
+		var brokers []string
+		deployments := map[string]*yNode{}
+		var scaled []*yNode
+		for _, d := range docs {
+			switch d.get("kind").str() {
+			case "ConfigMap":
+				if strings.HasPrefix(d.get("metadata").get("name").str(), "tally-config") {
+					brokers = append(brokers, d.get("data").get("KAFKA_BROKERS").str())
+				}
+			case "Deployment":
+				deployments[d.get("metadata").get("name").str()] = d
+			case "ScaledObject":
+				scaled = append(scaled, d)
+			}
+		}
+		if len(brokers) != 1 || brokers[0] == "" {
+			t.Errorf("%s: want one tally-config ConfigMap with KAFKA_BROKERS, got %q", dir, brokers)
+			continue
+		}
+		for _, so := range scaled {
+			where := fmt.Sprintf("%s: ScaledObject %s", dir, so.get("metadata").get("name").str())
+			target := deployments[so.get("spec").get("scaleTargetRef").get("name").str()]
+			if target == nil {
+				t.Errorf("%s: scaleTargetRef %q is not a Deployment of the rendering (a namePrefix/nameSuffix is not applied to it)", where, so.get("spec").get("scaleTargetRef").get("name").str())
+			} else {
+				if target.get("spec").get("replicas") != nil {
+					t.Errorf("%s: its Deployment sets spec.replicas, which KEDA owns", where)
+				}
+				if a, b := target.get("metadata").get("namespace").str(), so.get("metadata").get("namespace").str(); a != b {
+					t.Errorf("%s: namespace %q, its Deployment's %q", where, b, a)
+				}
+			}
+			for _, tr := range so.get("spec").get("triggers").items() {
+				if tr.get("type").str() != "kafka" {
+					continue
+				}
+				if got := tr.get("metadata").get("bootstrapServers").str(); got != brokers[0] {
+					t.Errorf("%s: bootstrapServers %q, but the pods' KAFKA_BROKERS is %q", where, got, brokers[0])
+				}
+			}
 		}
 	}
 }

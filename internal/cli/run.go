@@ -194,6 +194,7 @@ func startConsumer(p *process, name string, brokers []string) error {
 	if err != nil {
 		return err
 	}
+	p.health.Check("kafka ("+name+")", r.Ping)
 	p.goRun("consumer "+name, r.Run)
 	return nil
 }

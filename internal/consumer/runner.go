@@ -137,6 +137,10 @@ func (r *Runner) Run(ctx context.Context) error {
 	return nil
 }
 
+// Ping reports whether the member can reach a Kafka broker; with the
+// database's own check, it is the member's readiness.
+func (r *Runner) Ping(ctx context.Context) error { return r.cl.Ping(ctx) }
+
 // dispatch hands a fetched partition's records to its worker. Records of a
 // partition that is no longer ours are dropped: its new owner reads them
 // again from the position in PostgreSQL.
