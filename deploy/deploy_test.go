@@ -409,7 +409,7 @@ func groupPartitions(group string) (int, error) {
 	n := -1
 	for _, name := range ts {
 		found := false
-		for _, tp := range topics.Catalogue() {
+		for _, tp := range topics.Catalogue(topics.RetryDelays) {
 			if tp.Name == name {
 				found = true
 				if n < 0 || int(tp.Partitions) < n {

@@ -37,15 +37,51 @@ var Groups = []string{"revenue", "kpi", "notify"}
 
 // RetryDelays are the default delays of the retry tiers, tier 1 first: a
 // record waits at least this long in tally.<group>.retry.<n> before its next
-// attempt.
+// attempt. The number of delays is the number of tiers (TALLY_RETRY_DELAYS
+// sets both).
 var RetryDelays = []time.Duration{5 * time.Second, time.Minute, 10 * time.Minute}
 
 // forever keeps records: domain topics are the log projections are rebuilt
 // from, so they are never deleted by time or size.
 var forever = map[string]string{"cleanup.policy": "delete", "retention.ms": "-1"}
 
-// Catalogue returns every topic of Tally, domain topics first.
-func Catalogue() []Topic {
+// Catalogue returns every topic of Tally, domain topics first, with as many
+// retry tiers per group as retryDelays has delays.
+func Catalogue(retryDelays []time.Duration) []Topic {
+	ts := domain()
+	for _, g := range Groups {
+		ts = append(ts, GroupTopics(g, retryDelays)...)
+	}
+	return ts
+}
+
+// GroupTopics returns the topics of consumer group g: a retry topic per
+// delay of retryDelays, then its dead-letter topic.
+func GroupTopics(g string, retryDelays []time.Duration) []Topic {
+	var ts []Topic
+	for n, d := range retryDelays {
+		ts = append(ts, Topic{
+			Name:       RetryTopic(g, n+1),
+			Partitions: DefaultPartitions,
+			Key:        "the original record's key",
+			// A retry record is useless long after its delay has passed;
+			// keep it a week so an outage of the group loses nothing.
+			Configs: map[string]string{
+				"cleanup.policy": "delete",
+				"retention.ms":   strconv.FormatInt(max(7*24*time.Hour, 10*d).Milliseconds(), 10),
+			},
+		})
+	}
+	return append(ts, Topic{
+		Name:       DeadLetterTopic(g),
+		Partitions: DefaultPartitions,
+		Key:        "the original record's key",
+		Configs:    forever,
+	})
+}
+
+// domain returns the topics events are produced to.
+func domain() []Topic {
 	ts := []Topic{
 		{Name: "tally.customers.v1", Key: "customer id", Types: []string{
 			"tally.customer.created.v1", "tally.customer.updated.v1",
@@ -68,27 +104,6 @@ func Catalogue() []Topic {
 			ts[i].Configs = forever
 		}
 	}
-	for _, g := range Groups {
-		for n, d := range RetryDelays {
-			ts = append(ts, Topic{
-				Name:       RetryTopic(g, n+1),
-				Partitions: DefaultPartitions,
-				Key:        "the original record's key",
-				// A retry record is useless long after its delay has passed;
-				// keep it a week so an outage of the group loses nothing.
-				Configs: map[string]string{
-					"cleanup.policy": "delete",
-					"retention.ms":   strconv.FormatInt(max(7*24*time.Hour, 10*d).Milliseconds(), 10),
-				},
-			})
-		}
-		ts = append(ts, Topic{
-			Name:       DeadLetterTopic(g),
-			Partitions: DefaultPartitions,
-			Key:        "the original record's key",
-			Configs:    forever,
-		})
-	}
 	return ts
 }
 
@@ -101,7 +116,7 @@ func DeadLetterTopic(group string) string { return "tally." + group + ".dlq" }
 // byType maps each event type to its topic.
 var byType = func() map[string]string {
 	m := make(map[string]string)
-	for _, t := range Catalogue() {
+	for _, t := range domain() {
 		for _, typ := range t.Types {
 			m[typ] = t.Name
 		}

@@ -20,7 +20,7 @@ import (
 func TestCatalogueMatchesTheBrief(t *testing.T) {
 	t.Parallel()
 	names := map[string]topics.Topic{}
-	for _, tp := range topics.Catalogue() {
+	for _, tp := range topics.Catalogue(topics.RetryDelays) {
 		if _, dup := names[tp.Name]; dup {
 			t.Errorf("topic %s listed twice", tp.Name)
 		}
@@ -55,7 +55,7 @@ func TestCatalogueMatchesTheBrief(t *testing.T) {
 func TestEveryTypeHasASchemaAndViceVersa(t *testing.T) {
 	t.Parallel()
 	types := map[string]bool{}
-	for _, tp := range topics.Catalogue() {
+	for _, tp := range topics.Catalogue(topics.RetryDelays) {
 		for _, typ := range tp.Types {
 			types[typ] = true
 			if _, ok := topics.Schema(typ); !ok {
@@ -132,7 +132,7 @@ func TestApplyCreatesWhatIsMissingAndReportsDrift(t *testing.T) {
 	if _, err := adm.CreateTopic(ctx, 3, 1, map[string]*string{"retention.ms": kadm.StringPtr("3600000")}, "tally.invoices.v1"); err != nil {
 		t.Fatal(err)
 	}
-	cat := topics.Catalogue()
+	cat := topics.Catalogue(topics.RetryDelays)
 	rep, err := topics.Apply(ctx, adm, cat, -1)
 	if err != nil {
 		t.Fatal(err)

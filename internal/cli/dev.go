@@ -33,7 +33,7 @@ func runDev(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) err
 	}
 	defer broker.Close() // persists the broker's state
 	brokers := broker.ListenAddrs()
-	rep, err := applyTopics(ctx, brokers, -1)
+	rep, err := applyTopics(ctx, brokers, cfg.RetryDelays, -1)
 	if err != nil {
 		return err
 	}

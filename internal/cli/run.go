@@ -39,7 +39,8 @@ type process struct {
 	health *observe.Health
 	mux    *http.ServeMux
 	pool   *pgxpool.Pool
-	ctx    context.Context // the components'; ends when the process drains
+	notify *outbox.Notifier // wakes relays after commits that wrote to the outbox; nil until needed
+	ctx    context.Context  // the components'; ends when the process drains
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 	errs   chan error
@@ -127,13 +128,21 @@ func (p *process) serve(ctx context.Context, handler http.Handler) error {
 	return failure
 }
 
+// notifier returns the process's outbox notifier, starting it at the first
+// call. Components are started one after the other, so this needs no lock.
+func (p *process) notifier() *outbox.Notifier {
+	if p.notify == nil {
+		p.notify = outbox.NewNotifier(p.pool, p.log)
+		p.goRun("notifier", func(ctx context.Context) error { p.notify.Run(ctx); return nil })
+	}
+	return p.notify
+}
+
 // startAPI registers the API on the process's mux and starts what it
 // needs; it returns the handler to serve.
 func startAPI(p *process) http.Handler {
-	notifier := outbox.NewNotifier(p.pool, p.log)
-	a := api.New(p.pool, notifier, p.log, api.Config{MaxBodyBytes: p.cfg.MaxBodyBytes, IdempotencyTTL: p.cfg.IdempotencyTTL})
+	a := api.New(p.pool, p.notifier(), p.log, api.Config{MaxBodyBytes: p.cfg.MaxBodyBytes, IdempotencyTTL: p.cfg.IdempotencyTTL})
 	a.Register(p.mux)
-	p.goRun("notifier", func(ctx context.Context) error { notifier.Run(ctx); return nil })
 	p.goRun("idempotency expiry", func(ctx context.Context) error {
 		api.ExpireKeys(ctx, p.pool, p.cfg.IdempotencyTTL, time.Minute, p.log)
 		return nil
@@ -190,6 +199,8 @@ func startConsumer(p *process, name string, brokers []string) error {
 		consumer.WithLogger(p.log.With("component", "consume")),
 		consumer.WithRegisterer(p.reg),
 		consumer.WithDrainTimeout(p.cfg.ShutdownTimeout/2),
+		consumer.WithRetryDelays(p.cfg.RetryDelays...),
+		consumer.WithNotifier(p.notifier()),
 	)
 	if err != nil {
 		return err
@@ -253,15 +264,15 @@ func runTopics(ctx context.Context, e Env, cfg config.Config, _ *slog.Logger) er
 	if len(e.Args) != 1 || e.Args[0] != "apply" {
 		return usageError{errors.New("usage: tally topics apply [flags]")}
 	}
-	rep, err := applyTopics(ctx, cfg.KafkaBrokers, cfg.TopicReplication)
+	rep, err := applyTopics(ctx, cfg.KafkaBrokers, cfg.RetryDelays, cfg.TopicReplication)
 	if err != nil {
 		return err
 	}
-	printReport(e, rep)
+	printReport(e, rep, len(topics.Catalogue(cfg.RetryDelays)))
 	return nil
 }
 
-func applyTopics(ctx context.Context, brokers []string, replication int) (topics.Report, error) {
+func applyTopics(ctx context.Context, brokers []string, retryDelays []time.Duration, replication int) (topics.Report, error) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {
 		return topics.Report{}, fmt.Errorf("creating Kafka client: %w", err)
@@ -269,17 +280,17 @@ func applyTopics(ctx context.Context, brokers []string, replication int) (topics
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	return topics.Apply(ctx, kadm.NewClient(cl), topics.Catalogue(), int16(replication))
+	return topics.Apply(ctx, kadm.NewClient(cl), topics.Catalogue(retryDelays), int16(replication))
 }
 
-func printReport(e Env, rep topics.Report) {
+func printReport(e Env, rep topics.Report, catalogued int) {
 	for _, t := range rep.Created {
 		fmt.Fprintf(e.Stdout, "created %s\n", t)
 	}
 	for _, d := range rep.Drift {
 		fmt.Fprintf(e.Stdout, "drift: %s\n", d)
 	}
-	fmt.Fprintf(e.Stdout, "%d topics in the catalogue, %d created, %d drifted\n", len(topics.Catalogue()), len(rep.Created), len(rep.Drift))
+	fmt.Fprintf(e.Stdout, "%d topics in the catalogue, %d created, %d drifted\n", catalogued, len(rep.Created), len(rep.Drift))
 }
 
 func noArgs(args []string) error {

@@ -12,9 +12,12 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tally-dev/tally/topics"
 )
 
 // Config is the configuration of one tally process. The zero value is not
@@ -52,6 +55,11 @@ type Config struct {
 	// arrives; notifications, not this, keep latency low.
 	RelayPollInterval time.Duration
 
+	// RetryDelays are the delays of a consumer group's retry tiers, tier 1
+	// first; their number is the number of tiers, which tally topics apply
+	// creates and consumers use.
+	RetryDelays []time.Duration
+
 	// TopicReplication is the replication factor tally topics apply asks
 	// for; -1 takes the broker's default.
 	TopicReplication int
@@ -76,6 +84,7 @@ func Default() Config {
 		MaxBodyBytes:      1 << 20,
 		RelayBatchSize:    1000,
 		RelayPollInterval: time.Second,
+		RetryDelays:       slices.Clone(topics.RetryDelays),
 		TopicReplication:  -1,
 		ShutdownTimeout:   20 * time.Second,
 	}
@@ -181,6 +190,29 @@ var settings = []Setting{
 	{"TALLY_RELAY_POLL_INTERVAL", "relay-poll-interval", "relay's fallback poll when no notification arrives",
 		func(c *Config) string { return c.RelayPollInterval.String() },
 		func(c *Config, v string) error { return parseDuration(v, time.Millisecond, &c.RelayPollInterval) }},
+	{"TALLY_RETRY_DELAYS", "retry-delays", "comma-separated delays of the consumer groups' retry tiers, tier 1 first (their number is the number of tiers)",
+		func(c *Config) string {
+			ds := make([]string, len(c.RetryDelays))
+			for i, d := range c.RetryDelays {
+				ds[i] = d.String()
+			}
+			return strings.Join(ds, ",")
+		},
+		func(c *Config, v string) error {
+			var ds []time.Duration
+			for _, f := range strings.Split(v, ",") {
+				var d time.Duration
+				if err := parseDuration(strings.TrimSpace(f), 100*time.Millisecond, &d); err != nil {
+					return fmt.Errorf("retry delay %q: %w", f, err)
+				}
+				ds = append(ds, d)
+			}
+			if len(ds) > 10 {
+				return errors.New("want at most 10 tiers")
+			}
+			c.RetryDelays = ds
+			return nil
+		}},
 	{"TALLY_TOPIC_REPLICATION", "topic-replication", "replication factor for tally topics apply (-1: the broker's default)",
 		func(c *Config) string { return strconv.Itoa(c.TopicReplication) },
 		func(c *Config, v string) error {

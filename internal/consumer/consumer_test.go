@@ -10,11 +10,14 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/tally-dev/tally/internal/consumer"
 	"github.com/tally-dev/tally/internal/envelope"
 	"github.com/tally-dev/tally/internal/testenv"
+	"github.com/tally-dev/tally/topics"
 )
 
 const topic = "tally.customers.v1"
@@ -77,6 +80,19 @@ func event(key string, seq int64, name string) envelope.Event {
 	}
 }
 
+// cluster starts a Kafka cluster for t with Tally's topics and those of
+// the test group, and returns its seed addresses.
+func cluster(t testing.TB, opts ...kfake.Opt) []string {
+	t.Helper()
+	_, seeds := testenv.Kafka(t, opts...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := topics.Apply(ctx, kadm.NewClient(testenv.Client(t, seeds)), topics.GroupTopics("test", topics.RetryDelays), -1); err != nil {
+		t.Fatal(err)
+	}
+	return seeds
+}
+
 func produce(t testing.TB, cl *kgo.Client, recs ...*kgo.Record) {
 	t.Helper()
 	if err := cl.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
@@ -131,7 +147,12 @@ func startMember(t testing.TB, pool *pgxpool.Pool, g *consumer.Group, seeds []st
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); r.Run(ctx) }()
+	go func() {
+		defer close(done)
+		if err := r.Run(ctx); err != nil {
+			t.Errorf("member: %v", err)
+		}
+	}()
 	var once sync.Once
 	m := &member{r: r}
 	m.stop = func() {
@@ -217,7 +238,7 @@ func checkExactlyOnce(t testing.TB, pool *pgxpool.Pool, evs []envelope.Event) {
 func TestGroupAppliesEveryEventOnceInOrder(t *testing.T) {
 	t.Parallel()
 	pool, _ := testenv.Pool(t)
-	_, seeds := testenv.Kafka(t)
+	seeds := cluster(t)
 	cl := testenv.Client(t, seeds)
 	g := testGroup(t, pool)
 	evs := versions(t, cl, keys(30), 1, 10)

@@ -2,6 +2,7 @@ package consumer_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -67,7 +68,7 @@ func startChild(t *testing.T, url string, seeds []string) *exec.Cmd {
 func TestKilledAfterPostgresCommitBeforeKafkaCommitAppliesNothingTwice(t *testing.T) {
 	t.Parallel()
 	pool, url := testenv.Pool(t)
-	_, seeds := testenv.Kafka(t)
+	seeds := cluster(t)
 	cl := testenv.Client(t, seeds)
 	g := testGroup(t, pool)
 	evs := versions(t, cl, keys(50), 1, 20)
@@ -150,7 +151,7 @@ func sum(t *testing.T, reg *prometheus.Registry, name, outcome string) float64 {
 func TestTheSameEventTwiceIsAppliedOnce(t *testing.T) {
 	t.Parallel()
 	pool, _ := testenv.Pool(t)
-	_, seeds := testenv.Kafka(t)
+	seeds := cluster(t)
 	cl := testenv.Client(t, seeds)
 	g := testGroup(t, pool)
 	evs := versions(t, cl, keys(10), 1, 3)
@@ -172,58 +173,74 @@ func TestTheSameEventTwiceIsAppliedOnce(t *testing.T) {
 	}
 }
 
-func TestBadRecordsAreSetAsideAndThePartitionFlows(t *testing.T) {
+func TestBadRecordsGoToTheDeadLetterQueueAndThePartitionFlows(t *testing.T) {
 	t.Parallel()
 	pool, _ := testenv.Pool(t)
-	_, seeds := testenv.Kafka(t)
-	cl := testenv.Client(t, seeds)
+	seeds := cluster(t)
+	cl := testenv.Client(t, seeds, kgo.RecordPartitioner(kgo.ManualPartitioner()))
 	g := testGroup(t, pool)
-	const key = "k" // one partition for everything
-	good := func(seq int64) *kgo.Record { e := event(key, seq, "fine"); return e.Record(topic) }
-	edit := func(e envelope.Event, f func(*envelope.Event)) *kgo.Record { f(&e); return e.Record(topic) }
-	bad := []*kgo.Record{
-		{Topic: topic, Key: []byte(key), Value: []byte("\x00\xff not an event")},
-		edit(event(key, 2, "x"), func(e *envelope.Event) { e.Data = []byte(`{"id":"k"}`) }),
-		edit(event(key, 2, "x"), func(e *envelope.Event) { e.Type = "tally.customer.created.v9" }),
-		edit(event(key, 2, "x"), func(e *envelope.Event) { e.Type = "tally.invoice.voided.v1" }),
-		func() *kgo.Record { e := event(key, 2, "poison"); return e.Record(topic) }(),
-		func() *kgo.Record { e := event(key, 2, "panic"); return e.Record(topic) }(),
-		func() *kgo.Record { e := event(key, 2, "bad data"); return e.Record(topic) }(),
+	// Everything on one partition, each bad record with a key of its own.
+	rec := func(e envelope.Event, f func(*envelope.Event)) *kgo.Record {
+		if f != nil {
+			f(&e)
+		}
+		return e.Record(topic)
 	}
-	produce(t, cl, good(1))
-	produce(t, cl, bad...)
-	produce(t, cl, good(2), good(3))
+	recs := []*kgo.Record{
+		rec(event("g", 1, "fine"), nil),
+		{Topic: topic, Key: []byte("b0"), Value: []byte("\x00\xff not an event")},
+		rec(event("b1", 2, "x"), func(e *envelope.Event) { e.Data = []byte(`{"id":"b1"}`) }),
+		rec(event("b2", 2, "x"), func(e *envelope.Event) { e.Type = "tally.customer.created.v9" }),
+		rec(event("b3", 2, "x"), func(e *envelope.Event) { e.Type = "tally.invoice.voided.v1" }),
+		rec(event("b4", 2, "poison"), nil),
+		rec(event("b5", 2, "panic"), nil),
+		rec(event("b6", 2, "bad data"), nil),
+		rec(event("g", 2, "fine"), nil),
+		rec(event("b4", 3, "fine"), nil), // behind the poison of its key: waits
+		rec(event("g", 3, "fine"), nil),
+	}
+	for _, r := range recs {
+		r.Partition = 0
+	}
+	produce(t, cl, recs...)
 	startMember(t, pool, g, seeds, consumer.WithBatchSize(100))
 	waitFor(t, 30*time.Second, "the good events after the bad ones", func() bool {
-		return count(t, pool, "SELECT count(*) FROM effects") >= 3
+		return count(t, pool, "SELECT count(*) FROM consumer_offsets WHERE next_offset = 11") == 1
 	})
 	order, _ := applied(t, pool)
-	if got := order[key]; len(got) != 3 || got[2] != 3 {
-		t.Errorf("applied %v, want the three good versions", got)
+	if got := order["g"]; fmt.Sprint(got) != "[1 2 3]" {
+		t.Errorf("applied %v of the good key, want [1 2 3]", got)
 	}
 	want := []string{"missing header", "topics: payload does not match its schema", "unknown event type or version",
 		"belongs on tally.invoices.v1", "the name is poison", "panic: a handler bug", "null value in column"}
-	rows, err := pool.Query(context.Background(), `SELECT "offset", reason FROM consumer_rejects ORDER BY "offset"`)
+	rows, err := pool.Query(context.Background(), `SELECT "offset", state, error_class, error FROM consumer_parked
+		WHERE state <> 'waiting' ORDER BY "offset"`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var reasons []string
 	for rows.Next() {
 		var off int64
-		var reason string
-		rows.Scan(&off, &reason)
+		var state, class, reason string
+		rows.Scan(&off, &state, &class, &reason)
+		if state != "dead" || class != "permanent" {
+			t.Errorf("the record at %d is %s (%s), want dead (permanent)", off, state, class)
+		}
 		reasons = append(reasons, reason)
 	}
 	if len(reasons) != len(want) {
-		t.Fatalf("%d records set aside, want %d: %q", len(reasons), len(want), reasons)
+		t.Fatalf("%d records in the dead-letter queue, want %d: %q", len(reasons), len(want), reasons)
 	}
 	for i, w := range want {
 		if !strings.Contains(reasons[i], w) {
-			t.Errorf("reject %d says %q, want it to mention %q", i, clip(reasons[i]), w)
+			t.Errorf("dead letter %d says %q, want it to mention %q", i, clip(reasons[i]), w)
 		}
 	}
-	if n := count(t, pool, "SELECT count(*) FROM consumer_offsets WHERE next_offset = 10"); n != 1 {
-		t.Errorf("the partition's position is not past all 10 records")
+	if n := count(t, pool, `SELECT count(*) FROM consumer_parked WHERE state = 'waiting' AND key = 'b4' AND "offset" = 9`); n != 1 {
+		t.Error("b4's record after its poison is not waiting behind it")
+	}
+	if n := count(t, pool, "SELECT count(*) FROM outbox WHERE topic = 'tally.test.dlq' AND headers IS NOT NULL"); n != len(want) {
+		t.Errorf("%d forwards to the dead-letter topic in the outbox, want %d", n, len(want))
 	}
 }
 
@@ -239,7 +256,7 @@ func clip(s string) string {
 func TestAZombieAppliesNothing(t *testing.T) {
 	t.Parallel()
 	pool, _ := testenv.Pool(t)
-	_, seeds := testenv.Kafka(t)
+	seeds := cluster(t)
 	cl := testenv.Client(t, seeds)
 	if err := createEffects(pool); err != nil {
 		t.Fatal(err)
@@ -283,7 +300,7 @@ func TestAZombieAppliesNothing(t *testing.T) {
 func TestPostgresGoingAwayMidStreamSkipsNothing(t *testing.T) {
 	t.Parallel()
 	pool, _ := testenv.Pool(t)
-	_, seeds := testenv.Kafka(t)
+	seeds := cluster(t)
 	cl := testenv.Client(t, seeds)
 	g := testGroup(t, pool)
 	startMember(t, pool, g, seeds, consumer.WithBatchSize(20))
@@ -311,7 +328,7 @@ func TestPostgresGoingAwayMidStreamSkipsNothing(t *testing.T) {
 func TestMembersJoiningAndDyingLoseAndRepeatNothing(t *testing.T) {
 	t.Parallel()
 	pool, url := testenv.Pool(t)
-	_, seeds := testenv.Kafka(t)
+	seeds := cluster(t)
 	cl := testenv.Client(t, seeds)
 	g := testGroup(t, pool)
 	ks := keys(60)
@@ -367,7 +384,7 @@ func TestMembersJoiningAndDyingLoseAndRepeatNothing(t *testing.T) {
 func TestAGracefulStopLosesAndRepeatsNothing(t *testing.T) {
 	t.Parallel()
 	pool, _ := testenv.Pool(t)
-	_, seeds := testenv.Kafka(t)
+	seeds := cluster(t)
 	cl := testenv.Client(t, seeds)
 	g := testGroup(t, pool)
 	ks := keys(40)

@@ -1,6 +1,6 @@
 // Package consumer is the runtime every consumer group runs on (revenue,
 // KPI, notify): effectively-once processing of Kafka records into
-// PostgreSQL.
+// PostgreSQL, with retry tiers, key parking and a dead-letter queue.
 //
 // Contract. A batch of records of one partition is applied in one
 // PostgreSQL transaction, which also writes their idempotency marks (by
@@ -14,13 +14,28 @@
 //
 // Handlers are plain Go functions registered per event type (Handle). They
 // receive the event, decoded and validated against its JSON Schema, and the
-// transaction to write in. A record that cannot be decoded or validated, or
-// whose type or version the catalogue does not know, is set aside in
-// consumer_rejects with the reason; so is a record whose handler returns a
-// Permanent error or panics. Any other error (the database down, a
-// timeout) blocks the partition and is retried with back-off: nothing is
-// skipped. Types the catalogue knows but the group has no handler for are
-// passed over.
+// transaction to write in. Types the catalogue knows but the group has no
+// handler for are passed over.
+//
+// Failures. What a handler's error means is its class (see ErrPermanent):
+// a record that fails transiently is parked in PostgreSQL and forwarded to
+// the group's first retry tier (tally.<group>.retry.1), whose records the
+// same members read again after the tier's delay, then to the next tiers,
+// and at last to the dead-letter topic (tally.<group>.dlq); a record that
+// fails permanently, or cannot be decoded or validated, or is of a type or
+// version the catalogue does not know, goes to the dead-letter topic at
+// once. Either forward is an outbox row written in the transaction that
+// parks the record and advances the position: there is no dual write. An
+// environmental failure (the database or a dependency down) parks nothing:
+// the partition blocks and retries in place with back-off.
+//
+// Order. While a record of key K is parked (retrying or dead), every later
+// record of K is parked behind it, in order, and other keys keep flowing;
+// when the head is applied, or an operator replays or skips it, the records
+// behind it are applied in order. A group declared Unordered parks no key:
+// a failing record retries on its own and later records of its key go on.
+// The parked records are the dead-letter queue operators work on (List,
+// Replay, Skip, Purge); PostgreSQL, not the topics, is authoritative.
 package consumer
 
 import (
@@ -56,13 +71,31 @@ type Event[T any] struct {
 	Offset    int64
 }
 
-// ErrPermanent marks a handler error about the record itself: retrying
-// cannot help, so the record is set aside and the partition moves on. Wrap
-// it (Permanent) to say why.
-var ErrPermanent = errors.New("permanent")
+// Error classes. A handler's error that wraps neither is transient for
+// its record: the record goes through the retry tiers. A database error a
+// handler returns is classified by what the database said: a data
+// exception (SQLSTATE class 22), a NOT NULL or CHECK violation is
+// permanent; another integrity constraint violation (class 23: a foreign
+// or unique key) transient, as another record may mend it; a lost
+// connection, a timeout or any other server error environmental. A panic
+// in a handler is permanent.
+var (
+	// ErrPermanent marks a failure of the record itself that no retry can
+	// mend: the record goes to the dead-letter queue at once. Wrap it with
+	// Permanent to say why.
+	ErrPermanent = errors.New("permanent")
+	// ErrEnvironmental marks a failure of what the handler depends on (a
+	// service down, a circuit open), not of the record: the partition
+	// blocks and retries the batch in place with back-off, and nothing is
+	// parked or forwarded. Wrap it with Environmental.
+	ErrEnvironmental = errors.New("environmental")
+)
 
 // Permanent wraps err as a permanent error.
 func Permanent(err error) error { return fmt.Errorf("%w: %w", ErrPermanent, err) }
+
+// Environmental wraps err as an environmental error.
+func Environmental(err error) error { return fmt.Errorf("%w: %w", ErrEnvironmental, err) }
 
 // handler applies one decoded, validated event.
 type handler func(ctx context.Context, tx Tx, ev *envelope.Event, topic string, partition int32, offset int64) error
@@ -70,9 +103,10 @@ type handler func(ctx context.Context, tx Tx, ev *envelope.Event, topic string, 
 // Group declares a consumer group: its name, the topics it reads and what
 // it does with each event type.
 type Group struct {
-	name     string
-	topics   []string
-	handlers map[string]handler
+	name      string
+	topics    []string
+	handlers  map[string]handler
+	unordered bool
 }
 
 // NewGroup declares the group name reading topics. Its Kafka group id is
@@ -83,6 +117,15 @@ func NewGroup(name string, topics ...string) *Group {
 
 // Name returns the group's name.
 func (g *Group) Name() string { return g.name }
+
+// Unordered declares that the order of a key's events does not matter to
+// the group: a failing record retries on its own and later records of its
+// key are applied meanwhile. By default a group keeps each key's order
+// through retries by parking the key. It returns g.
+func (g *Group) Unordered() *Group {
+	g.unordered = true
+	return g
+}
 
 // Handle registers fn for events of type typ; their payload is decoded into
 // T, which may declare only the fields fn needs. It panics if typ is not a

@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"context"
 	"strconv"
 	"time"
 
@@ -11,15 +12,19 @@ import (
 const (
 	applied   = iota // its handler ran
 	duplicate        // its ce_id was applied before
-	rejected         // set aside in consumer_rejects
 	ignored          // a type the group does not handle
+	parked           // parked behind a failed record of its key
+	retried          // failed, forwarded to a retry tier
+	dead             // failed, forwarded to the dead-letter topic
+	stale            // a retry record that no longer names a parked record's pending attempt
 	outcomes
 )
 
-var outcomeNames = [outcomes]string{"applied", "duplicate", "rejected", "ignored"}
+var outcomeNames = [outcomes]string{"applied", "duplicate", "ignored", "parked", "retried", "dead", "stale"}
 
 type metrics struct {
 	processed  *prometheus.CounterVec
+	forwards   *prometheus.CounterVec
 	processing prometheus.Histogram
 	endToEnd   *prometheus.HistogramVec
 	last       prometheus.Gauge
@@ -27,6 +32,7 @@ type metrics struct {
 	retries    prometheus.Counter
 	fenced     prometheus.Counter
 	lag        *lagCollector
+	parked     *parkedCollector
 }
 
 var latencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
@@ -36,12 +42,16 @@ func newMetrics(group string, r *Runner) *metrics {
 	return &metrics{
 		processed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_consumer_records_total", ConstLabels: l,
-			Help: "Records a consumer group processed, by topic and outcome (applied, duplicate, rejected, ignored).",
+			Help: "Records a consumer group processed, by topic and outcome (applied, duplicate, ignored, parked, retried, dead, stale).",
 		}, []string{"topic", "outcome"}),
+		forwards: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_consumer_forwards_total", ConstLabels: l,
+			Help: "Failed records a consumer group forwarded, by destination: a retry tier (retry.1, retry.2, ...) or the dead-letter topic (dlq).",
+		}, []string{"to"}),
 		processing: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tally_consumer_processing_seconds", ConstLabels: l, Buckets: latencyBuckets,
 			NativeHistogramBucketFactor: 1.1,
-			Help:                        "Time from a record reaching its partition's worker to the commit of its batch.",
+			Help:                        "Time from a record reaching its partition's worker (or, parked, being woken) to the commit of its effects.",
 		}),
 		endToEnd: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tally_consumer_end_to_end_seconds", ConstLabels: l, Buckets: latencyBuckets,
@@ -67,12 +77,22 @@ func newMetrics(group string, r *Runner) *metrics {
 		lag: &lagCollector{r: r, desc: prometheus.NewDesc("tally_consumer_lag_records",
 			"Records of a partition this member owns that are not applied yet (high watermark minus position).",
 			[]string{"topic", "partition"}, l)},
+		parked: &parkedCollector{r: r,
+			records: prometheus.NewDesc("tally_consumer_parked_records",
+				"Records the group has parked, by state: retrying (waiting in a retry tier), waiting (behind a failed record of their key), dead (the dead-letter queue: its depth) and skipped. Read from PostgreSQL at scrape time: every member reports the group's figures.",
+				[]string{"state"}, l),
+			keys: prometheus.NewDesc("tally_consumer_parked_keys",
+				"Keys the group holds parked: their later records wait behind a failed one. Read from PostgreSQL at scrape time.",
+				nil, l),
+			oldest: prometheus.NewDesc("tally_consumer_oldest_parked_timestamp_seconds",
+				"When the group's oldest record still retrying, waiting or dead was parked, as a Unix timestamp; absent when there is none. Read from PostgreSQL at scrape time.",
+				nil, l)},
 	}
 }
 
 func (m *metrics) register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.processed, m.processing, m.endToEnd, m.last, m.rebalances,
-		m.retries, m.fenced, m.lag} {
+	for _, c := range []prometheus.Collector{m.processed, m.forwards, m.processing, m.endToEnd, m.last, m.rebalances,
+		m.retries, m.fenced, m.lag, m.parked} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
@@ -80,19 +100,25 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 	return nil
 }
 
-// observe records a committed batch.
-func (m *metrics) observe(topic string, counts [outcomes]int, items []item, now time.Time) {
+// observe records a committed batch of topic: its outcomes, the tiers of
+// its failure forwards (0: the dead-letter topic) and the latencies of the
+// records it applied.
+func (m *metrics) observe(topic string, counts [outcomes]int, tiers []int, applied []*item, now time.Time) {
 	for o, n := range counts {
 		if n > 0 {
 			m.processed.WithLabelValues(topic, outcomeNames[o]).Add(float64(n))
 		}
 	}
-	e2e := m.endToEnd.WithLabelValues(topic)
-	for i := range items {
-		m.processing.Observe(now.Sub(items[i].q.at).Seconds())
-		if t := items[i].ev.Time; !t.IsZero() {
-			e2e.Observe(now.Sub(t).Seconds())
+	for _, tier := range tiers {
+		to := "dlq"
+		if tier > 0 {
+			to = "retry." + strconv.Itoa(tier)
 		}
+		m.forwards.WithLabelValues(to).Inc()
+	}
+	for _, it := range applied {
+		m.processing.Observe(now.Sub(it.at).Seconds())
+		m.endToEnd.WithLabelValues(it.orig.topic).Observe(now.Sub(it.ev.Time).Seconds())
 	}
 	m.last.Set(float64(now.UnixNano()) / 1e9)
 }
@@ -114,5 +140,66 @@ func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(lag),
 				key.topic, strconv.Itoa(int(key.partition)))
 		}
+	}
+}
+
+// parkedCollector reports what the group has parked in PostgreSQL at
+// scrape time. A scrape that cannot read it (the database down) reports
+// none of it, rather than failing the whole scrape.
+type parkedCollector struct {
+	r                     *Runner
+	records, keys, oldest *prometheus.Desc
+}
+
+func (c *parkedCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.records
+	ch <- c.keys
+	ch <- c.oldest
+}
+
+func (c *parkedCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	rows, err := c.r.pool.Query(ctx, `
+		SELECT s.state, coalesce(p.n, 0), p.oldest
+		FROM unnest(ARRAY['retrying', 'waiting', 'dead', 'skipped']) AS s(state)
+		LEFT JOIN (
+			SELECT state, count(*) AS n, min(parked_at) FILTER (WHERE state <> 'skipped') AS oldest
+			FROM consumer_parked WHERE group_id = $1 GROUP BY state
+		) p USING (state)
+		UNION ALL
+		SELECT '', count(*), NULL FROM consumer_parked_keys WHERE group_id = $1`, c.r.g.name)
+	if err != nil {
+		c.r.log.Debug("reading parked records for metrics", "err", err)
+		return
+	}
+	defer rows.Close()
+	var oldest *time.Time
+	var ms []prometheus.Metric
+	for rows.Next() {
+		var state string
+		var n float64
+		var at *time.Time
+		if err := rows.Scan(&state, &n, &at); err != nil {
+			c.r.log.Debug("reading parked records for metrics", "err", err)
+			return
+		}
+		if state == "" {
+			ms = append(ms, prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, n))
+			continue
+		}
+		ms = append(ms, prometheus.MustNewConstMetric(c.records, prometheus.GaugeValue, n, state))
+		if at != nil && (oldest == nil || at.Before(*oldest)) {
+			oldest = at
+		}
+	}
+	if rows.Err() != nil {
+		return
+	}
+	if oldest != nil {
+		ms = append(ms, prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, float64(oldest.UnixNano())/1e9))
+	}
+	for _, m := range ms {
+		ch <- m
 	}
 }

@@ -7,14 +7,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/tally-dev/tally/internal/outbox"
+	"github.com/tally-dev/tally/topics"
 )
 
 // Option configures a Runner.
@@ -41,6 +47,20 @@ func WithBatchSize(n int) Option { return func(r *Runner) { r.batch = n } }
 // Kafka, for lag tools (default 1s). Correctness never depends on them.
 func WithCommitInterval(d time.Duration) Option { return func(r *Runner) { r.commitEvery = d } }
 
+// WithRetryDelays sets the delays of the group's retry tiers, tier 1
+// first (default topics.RetryDelays: 5s, 1m, 10m). Their number is the
+// number of tiers a transiently failing record goes through before the
+// dead-letter topic; the topics tally.<group>.retry.1 to .retry.<n> must
+// exist (tally topics apply with the same TALLY_RETRY_DELAYS creates them).
+func WithRetryDelays(ds ...time.Duration) Option {
+	return func(r *Runner) { r.delays = ds }
+}
+
+// WithNotifier wakes relays after commits that forwarded records, so that
+// retries and dead letters reach Kafka at once rather than at the relays'
+// next poll (default: none).
+func WithNotifier(n *outbox.Notifier) Option { return func(r *Runner) { r.notifier = n } }
+
 // WithDrainTimeout bounds how long a stopping member, or one giving up a
 // partition, waits for the batch in flight to commit (default 10s). What is
 // not committed is applied by the partition's next owner.
@@ -58,6 +78,8 @@ type Runner struct {
 	batch       int
 	commitEvery time.Duration
 	drain       time.Duration
+	delays      []time.Duration
+	notifier    *outbox.Notifier
 	member      string
 	m           *metrics
 
@@ -77,13 +99,21 @@ func New(pool *pgxpool.Pool, g *Group, opts ...Option) (*Runner, error) {
 	rand.Read(b)
 	r := &Runner{
 		g: g, pool: pool, log: slog.Default(), batch: 500, commitEvery: time.Second, drain: 10 * time.Second,
-		member: g.name + "-" + hex.EncodeToString(b), workers: make(map[partitionKey]*worker),
+		delays: topics.RetryDelays, member: g.name + "-" + hex.EncodeToString(b), workers: make(map[partitionKey]*worker),
 	}
 	for _, o := range opts {
 		o(r)
 	}
 	if r.batch < 1 || r.commitEvery <= 0 || r.drain <= 0 {
 		return nil, errors.New("consumer: batch size, commit interval and drain timeout must be positive")
+	}
+	if len(r.delays) == 0 {
+		return nil, errors.New("consumer: a group needs at least one retry tier")
+	}
+	for _, d := range r.delays {
+		if d <= 0 {
+			return nil, errors.New("consumer: retry delays must be positive")
+		}
 	}
 	if len(g.topics) == 0 {
 		return nil, fmt.Errorf("consumer: group %s reads no topic", g.name)
@@ -98,7 +128,7 @@ func New(pool *pgxpool.Pool, g *Group, opts ...Option) (*Runner, error) {
 	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.ClientID("tally-" + g.name),
 		kgo.ConsumerGroup("tally." + g.name),
-		kgo.ConsumeTopics(g.topics...),
+		kgo.ConsumeTopics(r.topics()...),
 		kgo.DisableAutoCommit(),
 		kgo.AdjustFetchOffsetsFn(r.adjust),
 		kgo.OnPartitionsAssigned(r.assigned),
@@ -112,10 +142,36 @@ func New(pool *pgxpool.Pool, g *Group, opts ...Option) (*Runner, error) {
 	return r, nil
 }
 
+// topics are what the group's members read: the group's topics and its
+// retry tiers.
+func (r *Runner) topics() []string {
+	ts := slices.Clone(r.g.topics)
+	for n := range r.delays {
+		ts = append(ts, topics.RetryTopic(r.g.name, n+1))
+	}
+	return ts
+}
+
+// tierOf returns the retry tier topic is, from 1, or 0 for a topic of the
+// group.
+func (r *Runner) tierOf(topic string) int {
+	for n := range r.delays {
+		if topic == topics.RetryTopic(r.g.name, n+1) {
+			return n + 1
+		}
+	}
+	return 0
+}
+
 // Run consumes until ctx ends, then stops fetching, lets the batches in
 // flight commit (within the drain timeout), commits the positions to Kafka
-// and leaves the group. It returns nil after a clean stop.
+// and leaves the group. It returns nil after a clean stop, and an error at
+// once when a topic it reads or forwards to does not exist.
 func (r *Runner) Run(ctx context.Context) error {
+	if err := r.checkTopics(ctx); err != nil {
+		r.cl.Close()
+		return err
+	}
 	done := make(chan struct{})
 	go func() { defer close(done); r.commitLoop(ctx) }()
 	for {
@@ -134,6 +190,29 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer cancel()
 	r.commitHints(cctx, r.cl, nil)
 	r.cl.Close() // leaves the group; revoked runs with no partition left to stop
+	return nil
+}
+
+// checkTopics fails if a topic the group reads or forwards to is missing:
+// a forward to a missing topic would stall its outbox shard.
+func (r *Runner) checkTopics(ctx context.Context) error {
+	want := append(r.topics(), topics.DeadLetterTopic(r.g.name))
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	tds, err := kadm.NewClient(r.cl).ListTopics(ctx, want...)
+	if err != nil {
+		return fmt.Errorf("listing the group's topics: %w", err)
+	}
+	var missing []string
+	for _, t := range want {
+		if td, ok := tds[t]; !ok || td.Err != nil {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("consumer group %s: topics %s do not exist (tally topics apply creates them, for as many retry tiers as TALLY_RETRY_DELAYS has delays)",
+			r.g.name, strings.Join(missing, ", "))
+	}
 	return nil
 }
 
@@ -156,9 +235,16 @@ func (r *Runner) dispatch(p kgo.FetchTopicPartition) {
 	if len(p.Records) == 0 {
 		return
 	}
-	if n := w.enqueue(p.Records); n >= 4*r.batch && w.setPaused(true) {
+	if n := w.enqueue(p.Records); n >= 4*r.batch {
 		// Bound memory: fetch no more of it until the worker catches up.
-		r.cl.PauseFetchPartitions(map[string][]int32{p.Topic: {p.Partition}})
+		r.pause(w)
+	}
+}
+
+// pause stops fetching w's partition.
+func (r *Runner) pause(w *worker) {
+	if w.setPaused(true) {
+		r.cl.PauseFetchPartitions(map[string][]int32{w.topic: {w.partition}})
 	}
 }
 
@@ -191,7 +277,7 @@ func (r *Runner) adjust(ctx context.Context, offsets map[string]map[int32]kgo.Of
 			} else {
 				parts[p] = kgo.NewOffset().AtStart()
 			}
-			w := newWorker(r, topic, p, epoch, next)
+			w := newWorker(r, topic, p, r.tierOf(topic), epoch, next)
 			r.mu.Lock()
 			if old := r.workers[partitionKey{topic, p}]; old != nil {
 				old.stop() // a stale worker of an earlier assignment; its epoch is now fenced

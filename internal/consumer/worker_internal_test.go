@@ -10,7 +10,7 @@ import (
 // the partition; the worker keeps only what follows its position.
 func TestEnqueueKeepsOnlyWhatFollowsThePosition(t *testing.T) {
 	t.Parallel()
-	w := newWorker(&Runner{}, "t", 0, 1, 10)
+	w := newWorker(&Runner{}, "t", 0, 0, 1, 10)
 	recs := func(offsets ...int64) []*kgo.Record {
 		var rs []*kgo.Record
 		for _, o := range offsets {
@@ -33,7 +33,7 @@ func TestEnqueueKeepsOnlyWhatFollowsThePosition(t *testing.T) {
 			t.Fatalf("queued %v, want %v", got, want)
 		}
 	}
-	fresh := newWorker(&Runner{}, "t", 0, 1, -1)
+	fresh := newWorker(&Runner{}, "t", 0, 0, 1, -1)
 	fresh.enqueue(recs(0, 1))
 	if len(fresh.queue) != 2 {
 		t.Errorf("a partition never applied took %d of 2 records", len(fresh.queue))

@@ -53,7 +53,7 @@ func Ephemeral(ctx context.Context, opts ...kfake.Opt) (*kfake.Cluster, error) {
 		return nil, err
 	}
 	defer cl.Close()
-	if _, err := topics.Apply(ctx, kadm.NewClient(cl), topics.Catalogue(), -1); err != nil {
+	if _, err := topics.Apply(ctx, kadm.NewClient(cl), topics.Catalogue(topics.RetryDelays), -1); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("applying topics: %w", err)
 	}

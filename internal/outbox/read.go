@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/tally-dev/tally/internal/envelope"
 )
@@ -17,15 +18,30 @@ type Record struct {
 	Topic string
 	Key   string
 	Event envelope.Event
+	// Forward is the whole record of a forward (QueueForwards), nil for an
+	// event.
+	Forward *kgo.Record
 }
 
 const columnsSQL = `o.shard, o.seq, o.topic, o.key, o.id, o.type, o.source, o.subject, o.sequence, o.time,
-	o.correlation_id, o.causation_id, o.traceparent, o.payload`
+	o.correlation_id, o.causation_id, o.traceparent, o.payload, o.headers, o.record_key`
 
 func scanRecord(rows pgx.Rows, r *Record) error {
 	e := &r.Event
-	return rows.Scan(&r.Shard, &r.Seq, &r.Topic, &r.Key, &e.ID, &e.Type, &e.Source, &e.Subject,
-		&e.Sequence, &e.Time, &e.CorrelationID, &e.CausationID, &e.TraceParent, &e.Data)
+	var headers, key []byte
+	if err := rows.Scan(&r.Shard, &r.Seq, &r.Topic, &r.Key, &e.ID, &e.Type, &e.Source, &e.Subject,
+		&e.Sequence, &e.Time, &e.CorrelationID, &e.CausationID, &e.TraceParent, &e.Data, &headers, &key); err != nil {
+		return err
+	}
+	if headers == nil {
+		return nil
+	}
+	hs, err := envelope.UnmarshalHeaders(headers)
+	if err != nil {
+		return fmt.Errorf("the forward at shard %d seq %d: %w", r.Shard, r.Seq, err)
+	}
+	r.Forward = &kgo.Record{Topic: r.Topic, Key: key, Value: e.Data, Headers: hs}
+	return nil
 }
 
 // Want asks Fetch for up to Limit records of Shard with seq > After.

@@ -91,6 +91,24 @@ func (t *Tx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandT
 	return tag, t.fail(err)
 }
 
+// Err returns the first error the transaction met, after which it can only
+// be rolled back; nil while it is intact.
+func (t *Tx) Err() error { return t.err }
+
+// Flush sends what is queued now, so that an error of a queued write
+// surfaces here, where the caller knows what queued it. It costs a round
+// trip when anything is queued, and nothing otherwise.
+func (t *Tx) Flush(ctx context.Context) error {
+	if t.err != nil {
+		return t.err
+	}
+	b := t.lead()
+	if b == nil {
+		return nil
+	}
+	return t.fail(t.conn.SendBatch(ctx, b).Close())
+}
+
 // QueryRow runs a query of one row in the transaction. When something must
 // precede it (BEGIN, queued writes), all of it is sent when Scan is called.
 func (t *Tx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {

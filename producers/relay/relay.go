@@ -420,8 +420,11 @@ func (r *Relay) produce(ctx context.Context, rec *outbox.Record, planned *shard)
 		r.log.Error("relay found events missing from the outbox", "shard", rec.Shard, "missing", gap,
 			"before_seq", rec.Seq)
 	}
-	kr := rec.Event.Record(rec.Topic)
-	kr.Key = []byte(rec.Key)
+	kr := rec.Forward
+	if kr == nil {
+		kr = rec.Event.Record(rec.Topic)
+		kr.Key = []byte(rec.Key)
+	}
 	written := rec.Event.Time
 	r.client.Produce(ctx, kr, func(kr *kgo.Record, err error) {
 		r.acked(s, rec.Seq, kr.Topic, written, err)
