@@ -21,6 +21,7 @@ import (
 	"github.com/tally-dev/tally/internal/envelope"
 	"github.com/tally-dev/tally/internal/postgres"
 	"github.com/tally-dev/tally/internal/testenv"
+	"github.com/tally-dev/tally/topics"
 )
 
 // TestMain doubles as a member process for the kill -9 tests: with
@@ -33,6 +34,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// runChild runs a member of the test group, or of the flaky group (with
+// retry delays of 300ms) when TALLY_CONSUMER_CHILD_FLAKY is set.
 func runChild(db string, seeds []string) {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer cancel()
@@ -40,24 +43,33 @@ func runChild(db string, seeds []string) {
 	if err != nil {
 		os.Exit(2)
 	}
-	if err := createEffects(pool); err != nil {
-		os.Exit(2)
+	g, delays := newTestGroup(), topics.RetryDelays
+	if os.Getenv("TALLY_CONSUMER_CHILD_FLAKY") != "" {
+		g, delays = newFlakyGroup(pool), []time.Duration{300 * time.Millisecond, 300 * time.Millisecond}
 	}
-	g := newTestGroup()
 	// Kafka commits an hour apart: a kill always lands after PostgreSQL
 	// committed and before Kafka did.
 	r, err := consumer.New(pool, g, consumer.WithKafkaOptions(append([]kgo.Opt{kgo.SeedBrokers(seeds...)}, fastFailover...)...),
-		consumer.WithCommitInterval(time.Hour), consumer.WithBatchSize(20))
+		consumer.WithCommitInterval(time.Hour), consumer.WithBatchSize(20), consumer.WithRetryDelays(delays...))
 	if err != nil {
 		os.Exit(2)
 	}
-	r.Run(ctx)
+	if err := r.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 }
 
-func startChild(t *testing.T, url string, seeds []string) *exec.Cmd {
+// startChild starts a member in another process, of the flaky group if
+// flaky; the test's cleanup kills it.
+func startChild(t *testing.T, url string, seeds []string, flaky bool) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Stderr = os.Stderr
 	cmd.Env = append(os.Environ(), "TALLY_CONSUMER_CHILD_DB="+url, "TALLY_CONSUMER_CHILD_SEEDS="+strings.Join(seeds, ","))
+	if flaky {
+		cmd.Env = append(cmd.Env, "TALLY_CONSUMER_CHILD_FLAKY=1")
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +84,7 @@ func TestKilledAfterPostgresCommitBeforeKafkaCommitAppliesNothingTwice(t *testin
 	cl := testenv.Client(t, seeds)
 	g := testGroup(t, pool)
 	evs := versions(t, cl, keys(50), 1, 20)
-	child := startChild(t, url, seeds)
+	child := startChild(t, url, seeds, false)
 	waitFor(t, 30*time.Second, "the child to apply some events", func() bool {
 		return count(t, pool, "SELECT count(*) FROM effects") >= 200
 	})
@@ -352,7 +364,7 @@ func TestMembersJoiningAndDyingLoseAndRepeatNothing(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	child := startChild(t, url, seeds)
+	child := startChild(t, url, seeds, false)
 	startMember(t, pool, g, seeds, consumer.WithBatchSize(25))
 	time.Sleep(1500 * time.Millisecond)
 	startMember(t, pool, g, seeds, consumer.WithBatchSize(25))

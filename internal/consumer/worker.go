@@ -207,7 +207,7 @@ func (w *worker) process(batch []queued) error {
 		switch {
 		case err == nil:
 			return nil
-		case errors.As(err, &rf):
+		case errors.As(err, &rf) && rf.class != environmental:
 			if _, again := failed[rf.orig]; again {
 				// Parking the record failed too: what fails is not the
 				// record but the runtime's own writes.
