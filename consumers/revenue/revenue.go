@@ -24,7 +24,7 @@ var Topics = []string{"tally.invoices.v1"}
 
 // Group returns the revenue group's declaration.
 func Group() *consumer.Group {
-	g := consumer.NewGroup("revenue", Topics...)
+	g := consumer.NewGroup("revenue", Topics...).Projections("revenue_invoices")
 	for _, typ := range []string{"tally.invoice.created.v1", "tally.invoice.updated.v1", "tally.invoice.paid.v1",
 		"tally.invoice.voided.v1", "tally.invoice.deleted.v1"} {
 		consumer.Handle(g, typ, applySnapshot)

@@ -39,6 +39,7 @@ func commands() []command {
 		{"relay", "publish the outbox to Kafka", runRelay, nil},
 		{"consume", "consume <group>: run a member of a consumer group (" + groupNames() + ")", runConsume, nil},
 		{"migrate", "apply the database migrations", runMigrate, nil},
+		{"replay", "replay <group>: rebuild a group's projections from its topics and swap them in", runReplay, replayFlags},
 		{"dlq", "dlq list|show|replay|skip|purge: the records consumer groups parked, and what to do with the dead ones", runDLQ, nil},
 		{"topics", "topics apply: create missing topics and report drift", runTopics, nil},
 		{"bench", "measure the speed targets against the local PostgreSQL and an embedded broker", runBench, benchFlags},

@@ -126,7 +126,17 @@ func (w *worker) applyMain(batch []queued, failed map[origin]failure, strict boo
 	g := w.r.g
 	items := make([]item, len(batch))
 	for i, q := range batch {
-		items[i] = g.prepare(q.rec, origin{q.rec.Topic, q.rec.Partition, q.rec.Offset})
+		rec, orig := q.rec, origin{q.rec.Topic, q.rec.Partition, q.rec.Offset}
+		if w.r.rebuild != nil {
+			rec = w.r.rebuild.decide(rec, orig)
+		}
+		if rec == nil {
+			// Skipped by an operator: passed over, as a type without a
+			// handler is.
+			items[i] = item{rec: q.rec, orig: orig}
+		} else {
+			items[i] = g.prepare(rec, orig)
+		}
 		items[i].at = q.at
 	}
 	hold := func(it *item) string {

@@ -126,8 +126,21 @@ func keys(n int) []string {
 }
 
 // fastFailover lets the group notice a killed member after six seconds
-// (kfake's shortest session) instead of the default 45.
-var fastFailover = []kgo.Opt{kgo.SessionTimeout(6 * time.Second), kgo.HeartbeatInterval(500 * time.Millisecond)}
+// (kfake's shortest session) instead of the default 45, and bounds a
+// rebalance that waits for a member killed in its midst to 10 seconds
+// instead of 60.
+var fastFailover = []kgo.Opt{kgo.SessionTimeout(6 * time.Second), kgo.HeartbeatInterval(500 * time.Millisecond),
+	kgo.RebalanceTimeout(10 * time.Second)}
+
+// testLogLevel is the members' log level: errors, or what
+// TALLY_TEST_LOG_LEVEL says (debug shows rebalances).
+func testLogLevel() slog.Level {
+	var l slog.Level
+	if l.UnmarshalText([]byte(os.Getenv("TALLY_TEST_LOG_LEVEL"))) != nil {
+		return slog.LevelError
+	}
+	return l
+}
 
 type member struct {
 	r    *consumer.Runner
@@ -139,7 +152,7 @@ func startMember(t testing.TB, pool *pgxpool.Pool, g *consumer.Group, seeds []st
 	r, err := consumer.New(pool, g, append([]consumer.Option{
 		consumer.WithKafkaOptions(append([]kgo.Opt{kgo.SeedBrokers(seeds...), kgo.MetadataMinAge(100 * time.Millisecond),
 			kgo.FetchMaxWait(200 * time.Millisecond)}, fastFailover...)...),
-		consumer.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))),
+		consumer.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: testLogLevel()}))),
 		consumer.WithCommitInterval(100 * time.Millisecond),
 	}, opts...)...)
 	if err != nil {

@@ -37,6 +37,9 @@ var (
 	ErrBadEdit = errors.New("consumer: edited payload refused")
 	// ErrNoActor: an operator action must say who takes it.
 	ErrNoActor = errors.New("consumer: an operator action needs an actor")
+	// ErrRebuilding: a group of the records selected is being rebuilt
+	// (Rebuild); act again when the rebuild is done.
+	ErrRebuilding = errors.New("consumer: the group is being rebuilt")
 )
 
 // Filter selects parked records for the operator functions. Its zero
@@ -231,7 +234,7 @@ func Replay(ctx context.Context, pool *pgxpool.Pool, f Filter, edited []byte, a 
 				rec.Value = edited
 			}
 			fs = append(fs, forwardOf(r.group, rec, r.orig, 1, version, 0, now, now, nil, now))
-			r.edited = edited != nil
+			r.edited = edited
 		}
 		return outbox.QueueForwards(b, fs...)
 	})
@@ -273,7 +276,7 @@ type actRow struct {
 	group     string
 	eventID   *uuid.UUID
 	eventType string
-	edited    bool
+	edited    []byte // a replay's corrected payload
 }
 
 // act runs an operator action in one transaction: it locks the keys of
@@ -293,6 +296,11 @@ func act(ctx context.Context, pool *pgxpool.Pool, f Filter, a Action, action str
 		return 0, fmt.Errorf("%s: %w", action, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
+	// The audit lock first: a rebuild starting reads the audit trail once
+	// no action is under way, and every later action sees its lease.
+	if _, err := tx.Exec(ctx, `LOCK TABLE dlq_audit IN ROW EXCLUSIVE MODE`); err != nil {
+		return 0, fmt.Errorf("%s: %w", action, err)
+	}
 	where, args := f.where(states, nil)
 	if _, err := tx.Exec(ctx, `SELECT 1 FROM consumer_parked_keys k
 		WHERE (k.group_id, k.topic, k.key) IN (SELECT p.group_id, p.topic, p.key FROM consumer_parked p WHERE `+where+`)
@@ -322,6 +330,18 @@ func act(ctx context.Context, pool *pgxpool.Pool, f Filter, a Action, action str
 	if len(sel) == 0 {
 		return 0, nil
 	}
+	groups := make([]string, len(sel))
+	for i, r := range sel {
+		groups[i] = r.group
+	}
+	var rebuilding []string
+	if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(group_id), '{}') FROM consumer_rebuilds
+		WHERE group_id = ANY($1) AND heartbeat_at > now() - $2::interval`, groups, rebuildLease.String()).Scan(&rebuilding); err != nil {
+		return 0, fmt.Errorf("%s: %w", action, err)
+	}
+	if len(rebuilding) > 0 {
+		return 0, fmt.Errorf("%w: %s", ErrRebuilding, strings.Join(rebuilding, ", "))
+	}
 	var b pgx.Batch
 	now := time.Now()
 	if err := do(tx, &b, sel, now); err != nil {
@@ -329,7 +349,7 @@ func act(ctx context.Context, pool *pgxpool.Pool, f Filter, a Action, action str
 	}
 	for _, r := range sel {
 		b.Queue(`INSERT INTO dlq_audit (actor, action, reason, parked_id, group_id, topic, partition, "offset", key,
-				event_id, event_type, edited)
+				event_id, event_type, edited_value)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
 			a.Actor, action, a.Reason, r.id, r.group, r.orig.topic, r.orig.partition, r.orig.offset, r.key,
 			r.eventID, r.eventType, r.edited)

@@ -107,6 +107,7 @@ type Group struct {
 	topics    []string
 	handlers  map[string]handler
 	unordered bool
+	tables    []string // its projections, parents first (Projections)
 }
 
 // NewGroup declares the group name reading topics. Its Kafka group id is

@@ -49,6 +49,7 @@ func TestACrashBetweenAnyTwoStepsOfARetryLosesAndRepeatsNothing(t *testing.T) {
 	if err := createFlaky(pool); err != nil {
 		t.Fatal(err)
 	}
+	dumpOnFailure(t, pool)
 	stopRelay := startRelay(t, pool, seeds)
 	flakyEvents(em, 30, "k007")
 
@@ -174,13 +175,18 @@ func TestARebalanceWithParkedKeysAndPausedPartitionsLosesNothing(t *testing.T) {
 	if err := createFlaky(pool); err != nil {
 		t.Fatal(err)
 	}
+	dumpOnFailure(t, pool)
 	startRelay(t, pool, seeds)
 	delays := consumer.WithRetryDelays(time.Second, time.Second)
 	child := startChild(t, url, seeds, true) // retries after 300ms
 	a := startMember(t, pool, newFlakyGroup(pool), seeds, delays, consumer.WithBatchSize(10))
 	flakyEvents(em, 40, "")
-	waitFor(t, 30*time.Second, "records parked", func() bool {
-		return count(t, pool, "SELECT count(*) FROM consumer_parked WHERE state = 'retrying'") > 0
+	// The child is killed once it holds partitions: killed in the midst of
+	// joining, kfake (unlike Kafka) never times its membership out, and
+	// the group waits for it until another member joins.
+	waitFor(t, 30*time.Second, "both members holding partitions, and records parked", func() bool {
+		return count(t, pool, "SELECT count(DISTINCT owner) FROM consumer_offsets") == 2 &&
+			count(t, pool, "SELECT count(*) FROM consumer_parked WHERE state = 'retrying'") > 0
 	})
 	child.Process.Signal(syscall.SIGKILL)
 	child.Wait()

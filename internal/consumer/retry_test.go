@@ -215,6 +215,33 @@ func checkInvariants(t testing.TB, pool *pgxpool.Pool, evs []envelope.Event) map
 	return states
 }
 
+// dumpOnFailure logs, should t fail, what a stuck scenario leaves behind:
+// the parked records and the group's positions.
+func dumpOnFailure(t *testing.T, pool *pgxpool.Pool) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, q := range []string{
+			`SELECT id, topic, partition, "offset", key, state, version, attempts, tier, not_before, error FROM consumer_parked ORDER BY id`,
+			`SELECT topic, partition, next_offset, epoch, owner, paused_until FROM consumer_offsets ORDER BY topic, partition`,
+			`SELECT group_id, topic, key FROM consumer_parked_keys`,
+			`SELECT c.shard, c.position, h.head FROM relay_cursors c JOIN outbox_heads h USING (shard) WHERE c.position <> h.head`,
+		} {
+			rows, err := pool.Query(context.Background(), q)
+			if err != nil {
+				t.Logf("%s: %v", q, err)
+				continue
+			}
+			for rows.Next() {
+				vs, _ := rows.Values()
+				t.Logf("%v", vs)
+			}
+			rows.Close()
+		}
+	})
+}
+
 // forwards sums tally_consumer_forwards_total to a destination.
 func forwards(t *testing.T, reg *prometheus.Registry, to string) float64 {
 	t.Helper()

@@ -82,6 +82,7 @@ type Runner struct {
 	notifier    *outbox.Notifier
 	member      string
 	m           *metrics
+	rebuild     *rebuildRun // set for a rebuild's runner: see Rebuild
 
 	// mu guards workers. Lock order: Runner.mu before worker.mu.
 	mu      sync.Mutex
@@ -95,11 +96,18 @@ type partitionKey struct {
 
 // New returns a member of group g that applies to pool.
 func New(pool *pgxpool.Pool, g *Group, opts ...Option) (*Runner, error) {
+	return newRunner(pool, g, nil, opts...)
+}
+
+// newRunner returns a member of g, or with rb a rebuild's runner (see
+// Rebuild).
+func newRunner(pool *pgxpool.Pool, g *Group, rb *rebuildRun, opts ...Option) (*Runner, error) {
 	b := make([]byte, 6)
 	rand.Read(b)
 	r := &Runner{
 		g: g, pool: pool, log: slog.Default(), batch: 500, commitEvery: time.Second, drain: 10 * time.Second,
 		delays: topics.RetryDelays, member: g.name + "-" + hex.EncodeToString(b), workers: make(map[partitionKey]*worker),
+		rebuild: rb,
 	}
 	for _, o := range opts {
 		o(r)
@@ -125,9 +133,13 @@ func New(pool *pgxpool.Pool, g *Group, opts ...Option) (*Runner, error) {
 			return nil, fmt.Errorf("registering consumer metrics: %w", err)
 		}
 	}
+	kafkaGroup := "tally." + g.name
+	if rb != nil {
+		kafkaGroup += ".rebuild"
+	}
 	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.ClientID("tally-" + g.name),
-		kgo.ConsumerGroup("tally." + g.name),
+		kgo.ConsumerGroup(kafkaGroup),
 		kgo.ConsumeTopics(r.topics()...),
 		kgo.DisableAutoCommit(),
 		kgo.AdjustFetchOffsetsFn(r.adjust),
@@ -143,9 +155,12 @@ func New(pool *pgxpool.Pool, g *Group, opts ...Option) (*Runner, error) {
 }
 
 // topics are what the group's members read: the group's topics and its
-// retry tiers.
+// retry tiers (a rebuild reads the group's topics only).
 func (r *Runner) topics() []string {
 	ts := slices.Clone(r.g.topics)
+	if r.rebuild != nil {
+		return ts
+	}
 	for n := range r.delays {
 		ts = append(ts, topics.RetryTopic(r.g.name, n+1))
 	}
@@ -260,12 +275,13 @@ func (r *Runner) resume(w *worker) {
 // as the offsets to fetch from. A partition the group never applied starts
 // at the beginning of the log.
 func (r *Runner) adjust(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	r.log.Debug("taking partitions", "member", r.member, "partitions", len(offsets))
 	for topic, parts := range offsets {
 		for p := range parts {
 			var next, epoch int64
 			err := r.pool.QueryRow(ctx, `
-				INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, epoch, owner)
-				VALUES ($1, $2, $3, -1, 1, $4)
+				INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, epoch, owner, paused_until)
+				VALUES ($1, $2, $3, -1, 1, $4, (SELECT max(paused_until) FROM consumer_offsets WHERE group_id = $1))
 				ON CONFLICT (group_id, topic, partition)
 				DO UPDATE SET epoch = consumer_offsets.epoch + 1, owner = excluded.owner, updated_at = now()
 				RETURNING next_offset, epoch`, r.g.name, topic, p, r.member).Scan(&next, &epoch)
@@ -294,6 +310,7 @@ func (r *Runner) adjust(ctx context.Context, offsets map[string]map[int32]kgo.Of
 // them before New has stored its client.
 
 func (r *Runner) assigned(_ context.Context, cl *kgo.Client, m map[string][]int32) {
+	r.log.Debug("partitions assigned", "member", r.member, "partitions", m)
 	r.m.rebalances.WithLabelValues("assigned").Add(float64(count(m)))
 	// A partition paused before it was taken away stays paused when it
 	// comes back, unless told otherwise.
@@ -304,6 +321,7 @@ func (r *Runner) assigned(_ context.Context, cl *kgo.Client, m map[string][]int3
 // batch in flight commit, and commits their positions to Kafka while the
 // group still allows it.
 func (r *Runner) revoked(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
+	r.log.Debug("partitions revoked", "member", r.member, "partitions", m)
 	if len(m) == 0 {
 		return
 	}
@@ -319,6 +337,7 @@ func (r *Runner) revoked(ctx context.Context, cl *kgo.Client, m map[string][]int
 // (session expired): commits to Kafka would fail, and the epoch already
 // fences anything still in flight.
 func (r *Runner) lost(_ context.Context, cl *kgo.Client, m map[string][]int32) {
+	r.log.Debug("partitions lost", "member", r.member, "partitions", m)
 	r.m.rebalances.WithLabelValues("lost").Add(float64(count(m)))
 	r.release(m)
 	cl.ResumeFetchPartitions(m)

@@ -76,6 +76,16 @@ func (w *worker) enqueue(recs []*kgo.Record) int {
 	return n
 }
 
+// requeue puts records taken from the queue back at its front.
+func (w *worker) requeue(qs []queued) {
+	if len(qs) == 0 {
+		return
+	}
+	w.mu.Lock()
+	w.queue = append(append([]queued(nil), qs...), w.queue...)
+	w.mu.Unlock()
+}
+
 func (w *worker) sawHighWatermark(hw int64) {
 	w.mu.Lock()
 	w.high = max(w.high, hw)
@@ -173,6 +183,9 @@ func (w *worker) run() {
 	defer close(w.done)
 	for {
 		batch := w.take(w.r.batch)
+		if batch != nil && w.r.rebuild != nil {
+			batch = w.r.rebuild.under(w, batch)
+		}
 		if batch == nil {
 			return
 		}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -75,11 +76,19 @@ func (a *API) Register(mux *http.ServeMux) {
 //
 // It also gives every request its ids (see identify), before anything can
 // answer it.
+//
+// Paths are matched as OpenAPI matches them: a path that a pattern without
+// wildcards serves belongs to that pattern alone, so GET /v1/dlq/replay is
+// a 405 (only POST serves it), not GET /v1/dlq/{id} with the id "replay".
 func Handler(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r = identify(w, r)
 		h, pattern := mux.Handler(r)
 		if pattern != "" {
+			if allow := concreteAllow(mux, r, pattern); allow != "" {
+				methodNotAllowed(w, r, allow)
+				return
+			}
 			mux.ServeHTTP(w, r)
 			return
 		}
@@ -89,9 +98,11 @@ func Handler(mux *http.ServeMux) http.Handler {
 		case http.StatusNotFound:
 			writeProblem(w, r, Problem{Type: ProblemNotFound, Status: http.StatusNotFound, Detail: "no such route"})
 		case http.StatusMethodNotAllowed:
-			w.Header().Set("Allow", rec.header.Get("Allow"))
-			writeProblem(w, r, Problem{Type: ProblemMethod, Status: http.StatusMethodNotAllowed,
-				Detail: "allowed: " + rec.header.Get("Allow")})
+			allow := concreteAllow(mux, r, "")
+			if allow == "" {
+				allow = rec.header.Get("Allow")
+			}
+			methodNotAllowed(w, r, allow)
 		default: // a redirect, such as a cleaned path
 			for k, v := range rec.header {
 				w.Header()[k] = v
@@ -99,6 +110,37 @@ func Handler(mux *http.ServeMux) http.Handler {
 			w.WriteHeader(rec.status)
 		}
 	})
+}
+
+func methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) {
+	w.Header().Set("Allow", allow)
+	writeProblem(w, r, Problem{Type: ProblemMethod, Status: http.StatusMethodNotAllowed, Detail: "allowed: " + allow})
+}
+
+// routeMethods are the methods the API's patterns name.
+var routeMethods = []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
+
+// concreteAllow applies OpenAPI's rule that a concrete path wins over a
+// templated one. When r matched a pattern with wildcards (matched), or
+// none (""), while patterns without wildcards serve r's path for other
+// methods, it returns those methods, as an Allow header; else "".
+func concreteAllow(mux *http.ServeMux, r *http.Request, matched string) string {
+	if matched != "" && !strings.Contains(matched, "{") {
+		return ""
+	}
+	var allow []string
+	for _, m := range routeMethods {
+		probe := r.WithContext(r.Context())
+		probe.Method = m
+		if _, p := mux.Handler(probe); p != "" && !strings.Contains(p, "{") {
+			allow = append(allow, m)
+			if m == http.MethodGet {
+				allow = append(allow, http.MethodHead)
+			}
+		}
+	}
+	slices.Sort(allow)
+	return strings.Join(allow, ", ")
 }
 
 type capture struct {

@@ -521,9 +521,20 @@ func (sp *spec) verifyRequest(method, route string, query url.Values, body []byt
 			continue
 		}
 		m, _, _ := sp.deref(mp)
+		s, _ := m["schema"].(map[string]any)
+		if s["type"] != "array" && len(values) > 1 {
+			probs = append(probs, fmt.Sprintf("query parameter %s is given %d times; the document takes one value", name, len(values)))
+		}
 		var v any = values[0]
-		if s, _ := m["schema"].(map[string]any); s["type"] == "integer" {
+		switch s["type"] {
+		case "integer":
 			v = json.Number(values[0])
+		case "array": // a parameter that may repeat: all its values
+			var vs []any
+			for _, x := range values {
+				vs = append(vs, x)
+			}
+			v = vs
 		}
 		if err := sp.validate(mp+"/schema", v); err != nil {
 			probs = append(probs, fmt.Sprintf("query parameter %s=%s is invalid %v", name, values[0], err))

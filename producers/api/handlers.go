@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/tally-dev/tally/consumers/revenue"
+	"github.com/tally-dev/tally/internal/consumer"
 	"github.com/tally-dev/tally/internal/envelope"
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/producers/billing"
@@ -78,6 +79,17 @@ func (a *API) routes() map[string]http.HandlerFunc {
 		"GET /v1/invoices/{id}/events":    a.trail("tally.invoices.v1", "invoices", "invoice"),
 		"GET /v1/revenue/invoices/{id}": a.read(func(ctx context.Context, id string) (any, error) {
 			return revenue.GetInvoice(ctx, a.pool, id)
+		}),
+		"GET /v1/dlq":      a.listParked,
+		"GET /v1/dlq/{id}": a.showParked,
+		"POST /v1/dlq/replay": a.actOnParked("replayed", true, func(ctx context.Context, f consumer.Filter, edited []byte, act consumer.Action) (int, error) {
+			return consumer.Replay(ctx, a.pool, f, edited, act)
+		}),
+		"POST /v1/dlq/skip": a.actOnParked("skipped", false, func(ctx context.Context, f consumer.Filter, _ []byte, act consumer.Action) (int, error) {
+			return consumer.Skip(ctx, a.pool, f, act)
+		}),
+		"POST /v1/dlq/purge": a.actOnParked("purged", false, func(ctx context.Context, f consumer.Filter, _ []byte, act consumer.Action) (int, error) {
+			return consumer.Purge(ctx, a.pool, f, act)
 		}),
 	}
 }

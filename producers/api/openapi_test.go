@@ -37,6 +37,11 @@ const (
 	rVoid           = "/v1/invoices/{id}/void"
 	rInvoiceEvents  = "/v1/invoices/{id}/events"
 	rRevenueInvoice = "/v1/revenue/invoices/{id}"
+	rDLQ            = "/v1/dlq"
+	rParked         = "/v1/dlq/{id}"
+	rReplay         = "/v1/dlq/replay"
+	rSkip           = "/v1/dlq/skip"
+	rPurge          = "/v1/dlq/purge"
 )
 
 type obj = map[string]any
@@ -528,6 +533,11 @@ func everyOperation() []request {
 		{"POST", rVoid, invoicePath("i1", "/void"), nil},
 		{"GET", rInvoiceEvents, invoicePath("i1", "/events"), nil},
 		{"GET", rRevenueInvoice, "/v1/revenue/invoices/i1", nil},
+		{"GET", rDLQ, rDLQ, nil},
+		{"GET", rParked, "/v1/dlq/1", nil},
+		{"POST", rReplay, rReplay, obj{"actor": "ops", "ids": []int{1}}},
+		{"POST", rSkip, rSkip, obj{"actor": "ops", "ids": []int{1}}},
+		{"POST", rPurge, rPurge, obj{"actor": "ops", "ids": []int{1}}},
 	}
 }
 
@@ -541,7 +551,14 @@ var mutations = []struct{ method, route, path, valid, wrongType string }{
 	{"DELETE", rInvoice, invoicePath("i1"), `{}`, ""},
 	{"POST", rPayments, invoicePath("i1", "/payments"), `{"amount":1}`, `{"amount":10.5}`},
 	{"POST", rVoid, invoicePath("i1", "/void"), `{}`, ""},
+	{"POST", rReplay, rReplay, `{"actor":"ops","ids":[1]}`, `{"actor":"ops","ids":[1.5]}`},
+	{"POST", rSkip, rSkip, `{"actor":"ops","ids":[1]}`, `{"actor":"ops","ids":"1"}`},
+	{"POST", rPurge, rPurge, `{"actor":"ops","ids":[1]}`, `{"actor":"ops","all":"yes"}`},
 }
+
+// takesKey reports whether a POST on route takes an Idempotency-Key: every
+// one but the dead-letter queue's actions, which are idempotent by nature.
+func takesKey(route string) bool { return !strings.HasPrefix(route, rDLQ+"/") }
 
 func TestOpenAPIDescribesEveryResponse(t *testing.T) {
 	t.Parallel()
@@ -550,6 +567,7 @@ func TestOpenAPIDescribesEveryResponse(t *testing.T) {
 		t.Run("invoices", testInvoices)
 		t.Run("trail", testTrail)
 		t.Run("revenue projection", testRevenueProjection)
+		t.Run("dead-letter queue", testDLQ)
 		t.Run("idempotency", testIdempotency)
 		t.Run("unreadable requests", testUnreadable)
 		t.Run("body limit", testBodyLimit)
@@ -1024,7 +1042,7 @@ func testUnreadable(t *testing.T) {
 		}
 		r := s.call(t, m.method, m.route, m.path, m.valid, "Content-Type", "text/plain")
 		expectProblem(t, r, http.StatusUnsupportedMediaType, api.ProblemMediaType)
-		if m.method == "POST" {
+		if m.method == "POST" && takesKey(m.route) {
 			r := s.call(t, m.method, m.route, m.path, m.valid, "Idempotency-Key", strings.Repeat("k", 256))
 			expectProblem(t, r, http.StatusBadRequest, api.ProblemMalformed)
 		}
@@ -1122,7 +1140,7 @@ func testBroken(t *testing.T) {
 	pool, _ := testenv.Pool(t)
 	if _, err := pool.Exec(context.Background(),
 		`ALTER TABLE customers RENAME TO customers_gone; ALTER TABLE invoices RENAME TO invoices_gone;
-		 ALTER TABLE revenue_invoices RENAME TO revenue_invoices_gone`); err != nil {
+		 ALTER TABLE revenue_invoices RENAME TO revenue_invoices_gone; ALTER TABLE consumer_parked RENAME TO consumer_parked_gone`); err != nil {
 		t.Fatal(err)
 	}
 	s := serve(t, pool, defaultConfig)

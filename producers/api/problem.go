@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/tally-dev/tally/consumers/revenue"
+	"github.com/tally-dev/tally/internal/consumer"
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/producers/billing"
 )
@@ -58,16 +59,31 @@ func problemOf(err error) (p Problem, ok bool) {
 	case errors.As(err, &ve):
 		return Problem{Type: ProblemValidation, Status: http.StatusUnprocessableEntity,
 			Title: titleValidation, Errors: ve.Fields}, true
-	case errors.Is(err, billing.ErrNotFound), errors.Is(err, revenue.ErrNotFound):
+	case errors.Is(err, consumer.ErrNoSelection):
+		return fieldProblem("ids", noSelection), true
+	case errors.Is(err, consumer.ErrBadEdit):
+		return fieldProblem("payload", err.Error()), true
+	case errors.Is(err, consumer.ErrNoActor):
+		return fieldProblem("actor", "required: who takes the action, for the audit trail"), true
+	case errors.Is(err, billing.ErrNotFound), errors.Is(err, revenue.ErrNotFound), errors.Is(err, consumer.ErrNotFound):
 		return Problem{Type: ProblemNotFound, Status: http.StatusNotFound, Detail: err.Error()}, true
 	case errors.Is(err, billing.ErrGone):
 		return Problem{Type: ProblemGone, Status: http.StatusGone, Detail: err.Error()}, true
 	case errors.Is(err, outbox.ErrTooLarge):
 		return Problem{Type: ProblemTooLarge, Status: http.StatusRequestEntityTooLarge,
 			Detail: "the change is too large to record as one event: " + err.Error()}, true
+	case errors.Is(err, consumer.ErrRebuilding):
+		return Problem{Type: ProblemConflict, Status: http.StatusConflict,
+			Title: "The change is not allowed in the current state", Detail: err.Error() + "; act again once the rebuild is done"}, true
 	case errors.Is(err, billing.ErrConflict):
 		return Problem{Type: ProblemConflict, Status: http.StatusConflict,
 			Title: "The change is not allowed in the current state", Detail: err.Error()}, true
 	}
 	return Problem{}, false
+}
+
+// fieldProblem is the validation problem of one invalid field.
+func fieldProblem(field, message string) Problem {
+	return Problem{Type: ProblemValidation, Status: http.StatusUnprocessableEntity, Title: titleValidation,
+		Errors: []billing.FieldError{{Field: field, Message: message}}}
 }

@@ -82,7 +82,9 @@ CREATE TABLE dlq_audit (
     key        bytea,
     event_id   uuid,
     event_type text        NOT NULL DEFAULT '',
-    edited     boolean     NOT NULL DEFAULT false -- a replay with a corrected payload
+    -- A replay's corrected payload: a rebuild of the group applies it in
+    -- place of the original, as the group did.
+    edited_value bytea
 );
 
 CREATE INDEX dlq_audit_group ON dlq_audit (group_id, at);
@@ -98,23 +100,33 @@ FROM consumer_rejects;
 DROP TABLE consumer_rejects;
 
 -- A group being rebuilt (tally replay) is paused while its rebuilt state is
--- swapped in: paused names who paused it, and consumer_advance refuses to
--- move a paused partition (SQLSTATE TL002), so the members wait.
-ALTER TABLE consumer_offsets ADD COLUMN paused text;
+-- swapped in: consumer_advance refuses to move a partition paused until a
+-- time still to come (SQLSTATE TL002), so its members wait. The pause is a
+-- lease the rebuild renews: should the rebuild die, it lapses.
+ALTER TABLE consumer_offsets ADD COLUMN paused_until timestamptz;
+
+-- Rebuilds running (tally replay), one per group at most: a lease renewed
+-- while the rebuild lives. Operators' actions on the group's parked records
+-- wait for it to end, since the rebuilt state would not know of them.
+CREATE TABLE consumer_rebuilds (
+    group_id     text        PRIMARY KEY,
+    owner        text        NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
 
 CREATE OR REPLACE FUNCTION consumer_advance(g text, t text, p int, e bigint, next bigint) RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-    who text;
 BEGIN
     UPDATE consumer_offsets SET next_offset = next, updated_at = now()
-    WHERE group_id = g AND topic = t AND partition = p AND epoch = e AND paused IS NULL;
+    WHERE group_id = g AND topic = t AND partition = p AND epoch = e
+      AND (paused_until IS NULL OR paused_until <= clock_timestamp());
     IF FOUND THEN
         RETURN;
     END IF;
-    SELECT paused INTO who FROM consumer_offsets WHERE group_id = g AND topic = t AND partition = p AND epoch = e;
-    IF who IS NOT NULL THEN
-        RAISE EXCEPTION 'consumer group % is paused by %', g, who USING ERRCODE = 'TL002';
+    PERFORM 1 FROM consumer_offsets WHERE group_id = g AND topic = t AND partition = p AND epoch = e;
+    IF FOUND THEN
+        RAISE EXCEPTION 'consumer group % is paused (a rebuild is swapping its state in)', g USING ERRCODE = 'TL002';
     END IF;
     RAISE EXCEPTION 'consumer group % lost partition %/% (epoch %)', g, t, p, e USING ERRCODE = 'TL001';
 END
@@ -132,7 +144,8 @@ BEGIN
     END IF;
 END
 $$;
-ALTER TABLE consumer_offsets DROP COLUMN paused;
+DROP TABLE consumer_rebuilds;
+ALTER TABLE consumer_offsets DROP COLUMN paused_until;
 CREATE TABLE consumer_rejects (
     id          bigserial   PRIMARY KEY,
     group_id    text        NOT NULL,
