@@ -28,7 +28,7 @@ func benchFlags(fs *flag.FlagSet) {
 	fs.IntVar(&bench.rate, "rate", 1000, "events per second of the latency benchmark")
 	fs.DurationVar(&bench.duration, "duration", 10*time.Second, "length of one run of the latency and API benchmarks")
 	fs.IntVar(&bench.clients, "clients", 16, "concurrent HTTP clients of the API benchmark")
-	fs.StringVar(&bench.only, "only", "", "run one benchmark: drain, latency, api, consume or projection")
+	fs.StringVar(&bench.only, "only", "", "run one benchmark: drain, latency, api, consume, rebuild or projection")
 }
 
 // runBench measures the speed targets of the outbox, the relay and the API.
@@ -43,9 +43,9 @@ func runBench(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) e
 		return usageError{fmt.Errorf("-count, -events, -rate, -clients must be positive and -duration at least 1s")}
 	}
 	switch bench.only {
-	case "", "drain", "latency", "api", "consume", "projection":
+	case "", "drain", "latency", "api", "consume", "rebuild", "projection":
 	default:
-		return usageError{fmt.Errorf("-only %q: want drain, latency, api, consume or projection", bench.only)}
+		return usageError{fmt.Errorf("-only %q: want drain, latency, api, consume, rebuild or projection", bench.only)}
 	}
 	emit := func(f loadgen.Figure) { fmt.Fprintln(e.Stdout, f) }
 	if bench.only == "" || bench.only == "latency" {
@@ -99,6 +99,19 @@ func runBench(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) e
 			rates = append(rates, r)
 		}
 		emit(loadgen.Figure{Name: "revenue_apply_rate", Value: loadgen.Median(rates), Unit: "events/s"})
+	}
+	if bench.only == "" || bench.only == "rebuild" {
+		var rates, paused []float64
+		for range bench.count {
+			f, err := loadgen.RebuildBacklog(ctx, cfg.DatabaseURL, bench.events, log)
+			if err != nil {
+				return fmt.Errorf("rebuild benchmark: %w", err)
+			}
+			rates = append(rates, f.Rate)
+			paused = append(paused, ms(f.Paused))
+		}
+		emit(loadgen.Figure{Name: "revenue_rebuild_rate", Value: loadgen.Median(rates), Unit: "events/s"})
+		emit(loadgen.Figure{Name: "revenue_rebuild_live_pause", Value: loadgen.Median(paused), Unit: "ms"})
 	}
 	// The drains go last: filling their backlogs writes gigabytes of WAL.
 	if bench.only == "" || bench.only == "drain" {

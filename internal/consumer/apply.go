@@ -231,6 +231,7 @@ type txn struct {
 	tx       *postgres.Tx
 	now      time.Time
 	strict   bool
+	emitted  []envelope.Event // by the handlers, in order
 	forwards []outbox.Forward
 	tiers    []int // of the forwards: the retry tier, or 0 for the dead-letter topic
 	counts   [outcomes]int
@@ -240,11 +241,13 @@ type txn struct {
 // call runs it's handler. A failure of the record is returned as a
 // recordFailure; any other error as it is.
 func (t *txn) call(it *item) error {
-	err := call(t.ctx, it.handle, t.tx, &it.ev, it.rec)
+	m := &emitter{group: t.w.r.g.name, cause: &it.ev}
+	err := call(t.ctx, it.handle, t.tx, &it.ev, it.rec, m)
 	if err == nil && t.strict {
 		err = t.tx.Flush(t.ctx)
 	}
 	if err == nil {
+		t.emitted = append(t.emitted, m.out...)
 		return nil
 	}
 	txErr := t.tx.Err()
@@ -273,13 +276,13 @@ func (t *txn) flush(it *item) error {
 
 // call runs a handler, turning a panic into a permanent failure: a bug on
 // one record must not crash the member or stall the partition.
-func call(ctx context.Context, h handler, tx Tx, ev *envelope.Event, rec *kgo.Record) (err error) {
+func call(ctx context.Context, h handler, tx Tx, ev *envelope.Event, rec *kgo.Record, m *emitter) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = Permanent(fmt.Errorf("panic: %v\n%s", p, debug.Stack()))
 		}
 	}()
-	return h(ctx, tx, ev, rec.Topic, rec.Partition, rec.Offset)
+	return h(ctx, tx, ev, rec, m)
 }
 
 const insertParkedSQL = `
@@ -334,10 +337,12 @@ func (t *txn) forward(f outbox.Forward, tier int) {
 	}
 }
 
-// commit queues the forwards and the new position, commits, and counts.
+// commit queues the events the handlers emitted, the forwards and the new
+// position, commits, and counts.
 func (t *txn) commit(last int64) error {
 	w := t.w
 	var b pgx.Batch
+	outbox.QueueChecked(&b, t.emitted...)
 	if err := outbox.QueueForwards(&b, t.forwards...); err != nil {
 		return err
 	}
@@ -349,7 +354,7 @@ func (t *txn) commit(last int64) error {
 	w.mu.Lock()
 	w.next = last + 1
 	w.mu.Unlock()
-	if len(t.forwards) > 0 && w.r.notifier != nil {
+	if len(t.emitted)+len(t.forwards) > 0 && w.r.notifier != nil {
 		w.r.notifier.Notify()
 	}
 	w.r.m.observe(w.topic, t.counts, t.tiers, t.applied, now)

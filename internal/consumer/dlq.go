@@ -301,13 +301,33 @@ func act(ctx context.Context, pool *pgxpool.Pool, f Filter, a Action, action str
 	if _, err := tx.Exec(ctx, `LOCK TABLE dlq_audit IN ROW EXCLUSIVE MODE`); err != nil {
 		return 0, fmt.Errorf("%s: %w", action, err)
 	}
-	where, args := f.where(states, nil)
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM consumer_parked_keys k
-		WHERE (k.group_id, k.topic, k.key) IN (SELECT p.group_id, p.topic, p.key FROM consumer_parked p WHERE `+where+`)
-		ORDER BY k.group_id, k.topic, k.key FOR UPDATE`, args...); err != nil {
+	// The keys of the records selected in any state they can reach the
+	// states acted on from (a retrying record turns dead, a waiting one
+	// retrying), so that a record a worker changes meanwhile has its key
+	// locked too: the worker holds it, and this waits for it.
+	lockWhere, lockArgs := f.where([]string{StateRetrying, StateWaiting, StateDead}, nil)
+	rows, err := tx.Query(ctx, `SELECT k.group_id, k.topic, k.key FROM consumer_parked_keys k
+		WHERE (k.group_id, k.topic, k.key) IN (SELECT p.group_id, p.topic, p.key FROM consumer_parked p WHERE `+lockWhere+`)
+		ORDER BY k.group_id, k.topic, k.key FOR UPDATE`, lockArgs...)
+	if err != nil {
 		return 0, fmt.Errorf("%s: locking keys: %w", action, err)
 	}
-	rows, err := tx.Query(ctx, `SELECT p.group_id, p.event_id, p.event_type, `+parkedColumns("p.")+`
+	locked := map[string]bool{}
+	for rows.Next() {
+		var g, t string
+		var k []byte
+		if err := rows.Scan(&g, &t, &k); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("%s: locking keys: %w", action, err)
+		}
+		locked[g+"\x00"+keyOf(t, k)] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("%s: locking keys: %w", action, err)
+	}
+	where, args := f.where(states, nil)
+	rows, err = tx.Query(ctx, `SELECT p.group_id, p.event_id, p.event_type, `+parkedColumns("p.")+`
 		FROM consumer_parked p WHERE `+where+` ORDER BY p.id FOR UPDATE`, args...)
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", action, err)
@@ -321,6 +341,11 @@ func act(ctx context.Context, pool *pgxpool.Pool, f Filter, a Action, action str
 			return 0, fmt.Errorf("%s: %w", action, err)
 		}
 		r.parkedRow = *p
+		// A record of a key parked since the keys were locked is left to
+		// the next action: it was not there when this one began.
+		if r.state != StateSkipped && r.ordered && len(r.key) > 0 && !locked[r.group+"\x00"+keyOf(r.orig.topic, r.key)] {
+			continue
+		}
 		sel = append(sel, r)
 	}
 	rows.Close()

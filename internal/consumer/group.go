@@ -43,11 +43,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/tally-dev/tally/internal/envelope"
+	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/topics"
 )
 
@@ -69,6 +73,60 @@ type Event[T any] struct {
 	Topic     string
 	Partition int32
 	Offset    int64
+	emits     *emitter
+}
+
+// Emit writes an event that e caused to the outbox, in the transaction
+// that applies e: it is published if that transaction commits, after the
+// group's earlier emissions, and never if it does not. typ is its type
+// (its topic is the catalogue's), subject its aggregate id and record key,
+// sequence the aggregate's version after it, payload what json.Marshal
+// makes of it, valid against the type's schema.
+//
+// The event's correlation id and trace context are e's, its causation id
+// e's id, and its id is derived from e's, the group's name and the number
+// of events emitted for e before it (envelope.DerivedID, at e's time):
+// applying e again (a rebuild, a retry of a record that was applied) gives
+// the same ids, which consumers pass over as duplicates. Emit in the same
+// order for the same e.
+//
+// An event that cannot be written (unknown type, invalid payload) is an
+// error of the handler's own, returned as permanent.
+func (e Event[T]) Emit(typ, subject string, sequence int64, payload any) error {
+	data, err := json.Marshal(payload)
+	if err != nil {
+		return Permanent(fmt.Errorf("emitting %s: encoding the payload: %w", typ, err))
+	}
+	return e.emits.emit(typ, subject, sequence, data)
+}
+
+// emitter collects what a handler emits for one event.
+type emitter struct {
+	group string
+	cause *envelope.Event
+	out   []envelope.Event
+}
+
+func (m *emitter) emit(typ, subject string, sequence int64, data []byte) error {
+	ev := envelope.Event{
+		ID:            envelope.DerivedID(m.cause.Time, m.group, m.cause.ID.String(), strconv.Itoa(len(m.out))),
+		Type:          typ,
+		Source:        "/tally/consumer/" + m.group,
+		Subject:       subject,
+		Time:          time.Now().UTC(),
+		Sequence:      sequence,
+		CorrelationID: m.cause.CorrelationID,
+		CausationID:   m.cause.ID.String(),
+		TraceParent:   m.cause.TraceParent,
+		Data:          data,
+	}
+	// Checked now, so that the handler learns of it; queued at the commit
+	// (outbox.QueueChecked), so that the shards' heads are held briefly.
+	if err := outbox.Check(&ev); err != nil {
+		return Permanent(fmt.Errorf("emitting %s: %w", typ, err))
+	}
+	m.out = append(m.out, ev)
+	return nil
 }
 
 // Error classes. A handler's error that wraps neither is transient for
@@ -97,8 +155,9 @@ func Permanent(err error) error { return fmt.Errorf("%w: %w", ErrPermanent, err)
 // Environmental wraps err as an environmental error.
 func Environmental(err error) error { return fmt.Errorf("%w: %w", ErrEnvironmental, err) }
 
-// handler applies one decoded, validated event.
-type handler func(ctx context.Context, tx Tx, ev *envelope.Event, topic string, partition int32, offset int64) error
+// handler applies one decoded, validated event, read at rec, and emits
+// through m.
+type handler func(ctx context.Context, tx Tx, ev *envelope.Event, rec *kgo.Record, m *emitter) error
 
 // Group declares a consumer group: its name, the topics it reads and what
 // it does with each event type.
@@ -147,8 +206,8 @@ func Handle[T any](g *Group, typ string, fn func(context.Context, Tx, Event[T]) 
 	if _, dup := g.handlers[typ]; dup {
 		panic(fmt.Sprintf("consumer: group %s handles %s twice", g.name, typ))
 	}
-	g.handlers[typ] = func(ctx context.Context, tx Tx, ev *envelope.Event, t string, p int32, o int64) error {
-		e := Event[T]{Event: *ev, Topic: t, Partition: p, Offset: o}
+	g.handlers[typ] = func(ctx context.Context, tx Tx, ev *envelope.Event, rec *kgo.Record, m *emitter) error {
+		e := Event[T]{Event: *ev, Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, emits: m}
 		if err := json.Unmarshal(ev.Data, &e.Payload); err != nil {
 			return Permanent(fmt.Errorf("decoding the %s payload: %w", typ, err))
 		}

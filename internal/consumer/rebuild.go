@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -17,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/tally-dev/tally/internal/envelope"
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/internal/progress"
 )
@@ -75,6 +78,7 @@ type RebuildReport struct {
 	Applied int64            // records the rebuild read and applied or passed over
 	Rows    map[string]int64 // rows of each projection table swapped in
 	Parked  int64            // records parked in the rebuilt state (failed, or behind a failed one)
+	Emitted int64            // events the handlers emitted for records the live group had not applied, published
 	Paused  time.Duration    // how long the live group was paused
 }
 
@@ -86,17 +90,30 @@ type RebuildReport struct {
 // group goes on. The rebuild never applies a record the live group has not
 // applied yet; once it has caught up, the live group is paused (its
 // members wait, see consumer_advance), the rebuild takes its last steps to
-// the live positions, and one transaction replaces the projections, the
-// idempotency marks and the parked records with the rebuilt ones and
-// resumes the live group. The result is what the live group holds had it
-// applied every record again, with the handlers as they are now, and the
-// operators' decisions taken again: a record skipped or purged is passed
-// over, one replayed with a corrected payload gets it.
+// the live positions, and one transaction replaces the projections and the
+// parked records with the rebuilt ones; then the live group resumes. The
+// result is what the live group would hold had it applied every record
+// again, with the handlers as they are now, and the operators' decisions
+// taken again: a record skipped or purged is passed over, one replayed with
+// a corrected payload gets it.
 //
 // Records the rebuild parks are parked in the swapped-in state, retried
 // by the live group (a fresh retry record each) or, dead, sent to the
-// dead-letter topic unless already there. Events the handlers emit and
-// forwards are not published again: the live group published them.
+// dead-letter topic unless already there. Events the handlers emit are not
+// published again, except for the records the live group had not applied
+// (it had them parked) and the rebuild did: those events are new. A record
+// the live group applied and the rebuild parks is applied again when the
+// live group retries it; a handler that emits with Emit gives its events
+// the same ids as before, so consumers pass them over as duplicates.
+//
+// The gotchas. The handlers must write only the declared projections: a
+// table they write that is not declared is the live one, written twice.
+// The shadow copies keep the projections' columns, defaults, checks and
+// indexes but not their foreign keys or triggers, which apply when the
+// swap copies the rows back. A rebuild from a point after the start of the
+// topics (From, or records gone by retention) cannot know what the records
+// before it left parked: it refuses to run while the group holds parked
+// records there (ErrParkedBeforeStart); replay, skip or purge them first.
 //
 // Only one rebuild of a group runs at a time (ErrRebuilding), and
 // operators cannot act on the group's parked records meanwhile. Should the
@@ -111,10 +128,15 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, g *Group, rc RebuildConfig
 	if !identifier.MatchString(g.name) {
 		return rep, fmt.Errorf("consumer: group name %q cannot name a schema", g.name)
 	}
+	kopts := Runner{log: slog.Default()}
+	for _, o := range opts {
+		o(&kopts)
+	}
 	host, _ := os.Hostname()
-	rb := &rebuildRun{live: pool, group: g.name, owner: fmt.Sprintf("rebuild %d@%s %s", os.Getpid(), host, time.Now().UTC().Format(time.RFC3339)),
-		shadow: "tally_rebuild_" + g.name, caps: map[partitionKey]int64{}}
-	if err := pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&rb.schema); err != nil {
+	rb := &rebuildRun{live: pool, group: g.name, topics: g.topics, from: rc.From, log: kopts.log, notifier: kopts.notifier,
+		owner:  fmt.Sprintf("rebuild %d@%s %s", os.Getpid(), host, time.Now().UTC().Format(time.RFC3339)),
+		shadow: "tally_rebuild_" + g.name, caps: map[partitionKey]int64{}, parts: map[partitionKey]part{}}
+	if err := pool.QueryRow(ctx, `SELECT current_schema(), current_setting('search_path')`).Scan(&rb.schema, &rb.searchPath); err != nil {
 		return rep, fmt.Errorf("rebuilding %s: %w", g.name, err)
 	}
 	if err := rb.lease(ctx); err != nil {
@@ -128,9 +150,9 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, g *Group, rc RebuildConfig
 		<-heartbeat
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		rb.unpause(cctx)
-		pool.Exec(cctx, `DROP SCHEMA IF EXISTS `+rb.shadowIdent()+` CASCADE`)
-		pool.Exec(cctx, `DELETE FROM consumer_rebuilds WHERE group_id = $1 AND owner = $2`, g.name, rb.owner)
+		if err := rb.release(cctx); err != nil {
+			rb.log.Warn("releasing the rebuild's lease; it lapses by itself", "group", g.name, "err", err)
+		}
 	}()
 
 	if err := rb.readDecisions(ctx); err != nil {
@@ -139,17 +161,16 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, g *Group, rc RebuildConfig
 	if err := rb.createShadow(ctx, g); err != nil {
 		return rep, err
 	}
-	var kopts Runner
-	for _, o := range opts {
-		o(&kopts)
-	}
 	cl, err := kgo.NewClient(kopts.kopts...)
 	if err != nil {
 		return rep, fmt.Errorf("rebuilding %s: creating Kafka client: %w", g.name, err)
 	}
-	parts, err := rb.partitions(ctx, cl, g.topics, rc.From)
-	cl.Close()
-	if err != nil {
+	defer cl.Close()
+	rb.adm = kadm.NewClient(cl)
+	if err := rb.addPartitions(ctx); err != nil {
+		return rep, err
+	}
+	if err := rb.checkParkedBeforeStart(ctx); err != nil {
 		return rep, err
 	}
 	shadowPool, err := rb.shadowPool(ctx)
@@ -157,7 +178,9 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, g *Group, rc RebuildConfig
 		return rep, err
 	}
 	defer shadowPool.Close()
-	runner, err := newRunner(shadowPool, g, rb, opts...)
+	// A partition added meanwhile is found within seconds, not Kafka's
+	// default five minutes: the rebuild cannot finish without it.
+	runner, err := newRunner(shadowPool, g, rb, append([]Option{WithKafkaOptions(kgo.MetadataMaxAge(5 * time.Second))}, opts...)...)
 	if err != nil {
 		return rep, err
 	}
@@ -191,56 +214,78 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, g *Group, rc RebuildConfig
 			return rep, fmt.Errorf("rebuilding %s: %w", g.name, err)
 		case <-tick.C:
 		}
-		done, total, caughtUp, err := rb.progress(ctx, shadowPool, parts)
+		if rb.lost.Load() {
+			return rep, fmt.Errorf("rebuilding %s: the rebuild lost its lease; nothing was swapped", g.name)
+		}
+		pr, err := rb.progress(ctx, rb.live)
 		if err != nil {
 			return rep, err
 		}
-		bar.Update(done, total)
-		rep.Applied = done
+		bar.Update(pr.done, pr.total)
+		rep.Applied = pr.done
 		switch {
-		case pausedAt.IsZero() && (caughtUp || total-done <= catchUpLag):
+		case pausedAt.IsZero() && (pr.caughtUp || pr.total-pr.done <= catchUpLag):
 			if err := rb.pause(ctx); err != nil {
 				return rep, err
 			}
 			pausedAt = time.Now()
-		case !pausedAt.IsZero() && caughtUp:
-			// The live group is still: its positions are final.
-			done, total, caughtUp, err = rb.progress(ctx, shadowPool, parts)
-			if err != nil || !caughtUp {
+			rb.log.Info("the rebuild is near the live group; pausing it", "group", g.name, "rebuilt", pr.done, "of", pr.total)
+		case !pausedAt.IsZero() && pr.caughtUp:
+			// The live group is still: its positions are final, but for
+			// a partition added since the rebuild began.
+			if err := rb.addPartitions(ctx); err != nil {
+				return rep, err
+			}
+			if pr, err = rb.progress(ctx, rb.live); err != nil || !pr.caughtUp {
 				continue
 			}
 			stopped = true
 			if err := stop(); err != nil {
 				return rep, fmt.Errorf("rebuilding %s: stopping the rebuild's runner: %w", g.name, err)
 			}
-			if _, _, caughtUp, err = rb.progress(ctx, shadowPool, parts); err != nil || !caughtUp {
-				return rep, fmt.Errorf("rebuilding %s: the rebuild moved after it stopped (%v)", g.name, err)
-			}
+			rb.log.Info("the rebuild reached the live group; swapping its state in", "group", g.name, "paused_for", time.Since(pausedAt))
 			if err := rb.swap(ctx, g, &rep); err != nil {
 				return rep, err
 			}
 			rep.Paused = time.Since(pausedAt)
-			bar.Done(done, total)
+			bar.Done(pr.done, pr.total)
 			return rep, nil
 		case !pausedAt.IsZero() && time.Since(pausedAt) > catchUpTimeout:
 			// Something holds the rebuild back: let the live group go on.
-			rb.unpause(ctx)
+			rb.log.Warn("the rebuild did not reach the paused live group in time; resuming it", "group", g.name,
+				"rebuilt", pr.done, "of", pr.total, "timeout", catchUpTimeout)
+			if err := rb.unpause(ctx); err != nil {
+				return rep, err
+			}
 			pausedAt = time.Time{}
 		}
 	}
 }
 
+// ErrParkedBeforeStart: a rebuild that starts after the start of the
+// topics found parked records before its start, which it cannot rebuild.
+var ErrParkedBeforeStart = errors.New("consumer: the group holds parked records before the rebuild's start")
+
 // rebuildRun is a rebuild's state, shared with its runner's workers.
 type rebuildRun struct {
-	live   *pgxpool.Pool
-	schema string // the live group's schema
-	shadow string // the rebuild's
-	group  string
-	owner  string
+	live       *pgxpool.Pool
+	adm        *kadm.Client
+	schema     string // the live group's schema
+	searchPath string // the live sessions' search_path
+	shadow     string // the rebuild's schema
+	group      string
+	topics     []string
+	from       time.Time
+	owner      string
+	log        *slog.Logger
+	notifier   *outbox.Notifier // wakes relays for what the swap publishes
+	lost       atomic.Bool      // the lease was taken away
 
 	// decisions are the operators' on the live group's parked records,
 	// by where the record was read.
 	decisions map[origin]decision
+	// parts are the partitions the rebuild reads, with where it starts.
+	parts map[partitionKey]part
 
 	mu     sync.Mutex
 	caps   map[partitionKey]int64 // the live group's positions, last read
@@ -267,7 +312,9 @@ func (rb *rebuildRun) lease(ctx context.Context) error {
 		WHERE r.heartbeat_at <= now() - $3::interval
 		RETURNING owner`, rb.group, rb.owner, rebuildLease.String()).Scan(&holder)
 	if errors.Is(err, pgx.ErrNoRows) {
-		rb.live.QueryRow(ctx, `SELECT owner FROM consumer_rebuilds WHERE group_id = $1`, rb.group).Scan(&holder)
+		if err := rb.live.QueryRow(ctx, `SELECT owner FROM consumer_rebuilds WHERE group_id = $1`, rb.group).Scan(&holder); err != nil {
+			holder = "another rebuild"
+		}
 		return fmt.Errorf("%w: %s, by %s", ErrRebuilding, rb.group, holder)
 	}
 	if err != nil {
@@ -276,7 +323,9 @@ func (rb *rebuildRun) lease(ctx context.Context) error {
 	return nil
 }
 
-// heartbeat renews the lease, and the pause while there is one.
+// heartbeat renews the lease, and the pause while there is one. During the
+// swap it waits for the swap's lock on the lease; the swap leaves the pause
+// renewed behind it.
 func (rb *rebuildRun) heartbeat(ctx context.Context) {
 	t := time.NewTicker(rebuildLease / 6)
 	defer t.Stop()
@@ -286,15 +335,51 @@ func (rb *rebuildRun) heartbeat(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		rb.live.Exec(ctx, `UPDATE consumer_rebuilds SET heartbeat_at = now() WHERE group_id = $1 AND owner = $2`, rb.group, rb.owner)
+		ct, err := rb.live.Exec(ctx, `UPDATE consumer_rebuilds SET heartbeat_at = now() WHERE group_id = $1 AND owner = $2`, rb.group, rb.owner)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			rb.log.Warn("renewing the rebuild's lease", "group", rb.group, "err", err)
+			continue
+		case ct.RowsAffected() == 0:
+			rb.lost.Store(true)
+			return
+		}
 		rb.mu.Lock()
 		paused := rb.paused
 		rb.mu.Unlock()
 		if paused {
-			rb.live.Exec(ctx, `UPDATE consumer_offsets SET paused_until = now() + $2::interval
-				WHERE group_id = $1 AND paused_until IS NOT NULL`, rb.group, rebuildLease.String())
+			if _, err := rb.live.Exec(ctx, `UPDATE consumer_offsets SET paused_until = now() + $2::interval
+				WHERE group_id = $1 AND paused_until IS NOT NULL`, rb.group, rebuildLease.String()); err != nil && ctx.Err() == nil {
+				rb.log.Warn("renewing the pause of the live group", "group", rb.group, "err", err)
+			}
 		}
 	}
+}
+
+// release ends the rebuild: it resumes the live group and drops the shadow
+// schema, as long as the lease is still this rebuild's (else they are
+// another rebuild's now), and gives the lease up.
+func (rb *rebuildRun) release(ctx context.Context) error {
+	tx, err := rb.live.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var ours bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM consumer_rebuilds WHERE group_id = $1 AND owner = $2 FOR UPDATE)`,
+		rb.group, rb.owner).Scan(&ours); err != nil || !ours {
+		return err
+	}
+	var b pgx.Batch
+	b.Queue(`UPDATE consumer_offsets SET paused_until = NULL WHERE group_id = $1 AND paused_until IS NOT NULL`, rb.group)
+	b.Queue(`DROP SCHEMA IF EXISTS ` + rb.shadowIdent() + ` CASCADE`)
+	b.Queue(`DELETE FROM consumer_rebuilds WHERE group_id = $1 AND owner = $2`, rb.group, rb.owner)
+	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
 }
 
 // readDecisions reads the operators' decisions on the group from the
@@ -361,7 +446,7 @@ func (rb *rebuildRun) createShadow(ctx context.Context, g *Group) error {
 // shadowPool returns a pool whose sessions find the shadow tables first.
 func (rb *rebuildRun) shadowPool(ctx context.Context) (*pgxpool.Pool, error) {
 	cfg := rb.live.Config()
-	cfg.ConnConfig.RuntimeParams["search_path"] = rb.shadow + ", " + rb.schema
+	cfg.ConnConfig.RuntimeParams["search_path"] = rb.shadowIdent() + ", " + rb.searchPath
 	p, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("rebuilding %s: %w", rb.group, err)
@@ -369,103 +454,155 @@ func (rb *rebuildRun) shadowPool(ctx context.Context) (*pgxpool.Pool, error) {
 	return p, nil
 }
 
-// part is a partition the rebuild reads, with where it starts and where
-// its log starts.
+// part is a partition the rebuild reads: where it starts, and where the
+// log starts.
 type part struct {
-	key             partitionKey
 	start, logStart int64
 }
 
-// partitions returns the partitions of topics and where the rebuild
-// starts in each: the start of the log, or with from the first record at
-// or after it, but never past the live group's position (the rebuild must
-// reach it). A start other than the log's is stored as the shadow
-// position.
-func (rb *rebuildRun) partitions(ctx context.Context, cl *kgo.Client, topics []string, from time.Time) ([]part, error) {
-	adm := kadm.NewClient(cl)
-	starts, err := adm.ListStartOffsets(ctx, topics...)
+// addPartitions finds the partitions of the group's topics the rebuild
+// does not know yet, and where it starts in each: the start of the log,
+// or with From the first record at or after it, but never past the live
+// group's position (the rebuild must reach it). It stores each start as
+// the shadow position.
+func (rb *rebuildRun) addPartitions(ctx context.Context) error {
+	starts, err := rb.adm.ListStartOffsets(ctx, rb.topics...)
 	if err == nil {
 		err = starts.Error()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("rebuilding %s: listing the topics' start offsets: %w", rb.group, err)
+		return fmt.Errorf("rebuilding %s: listing the topics' start offsets: %w", rb.group, err)
 	}
 	var after kadm.ListedOffsets
-	if !from.IsZero() {
-		if after, err = adm.ListOffsetsAfterMilli(ctx, from.UnixMilli(), topics...); err == nil {
+	if !rb.from.IsZero() {
+		if after, err = rb.adm.ListOffsetsAfterMilli(ctx, rb.from.UnixMilli(), rb.topics...); err == nil {
 			err = after.Error()
 		}
 		if err != nil {
-			return nil, fmt.Errorf("rebuilding %s: listing offsets after %s: %w", rb.group, from, err)
+			return fmt.Errorf("rebuilding %s: listing offsets after %s: %w", rb.group, rb.from, err)
 		}
 	}
-	var parts []part
+	live, err := rb.positions(ctx, rb.live, rb.liveTable("consumer_offsets"))
+	if err != nil {
+		return fmt.Errorf("rebuilding %s: reading the live positions: %w", rb.group, err)
+	}
 	var b pgx.Batch
 	starts.Each(func(o kadm.ListedOffset) {
-		p := part{key: partitionKey{o.Topic, o.Partition}, start: o.Offset, logStart: o.Offset}
-		if a, ok := after.Lookup(o.Topic, o.Partition); ok && !from.IsZero() {
-			p.start = max(a.Offset, o.Offset)
-			b.Queue(`INSERT INTO `+rb.shadowTable("consumer_offsets")+` (group_id, topic, partition, next_offset, epoch, owner)
-				SELECT $1, $2, $3, least($4::bigint, greatest(coalesce(
-					(SELECT next_offset FROM `+rb.liveTable("consumer_offsets")+` WHERE group_id = $1 AND topic = $2 AND partition = $3), -1), $5::bigint)),
-					0, 'rebuild'`, rb.group, o.Topic, o.Partition, p.start, o.Offset)
+		k := partitionKey{o.Topic, o.Partition}
+		if _, known := rb.parts[k]; known {
+			return
 		}
-		parts = append(parts, p)
+		p := part{start: o.Offset, logStart: o.Offset}
+		if a, ok := after.Lookup(o.Topic, o.Partition); ok {
+			p.start = max(a.Offset, o.Offset)
+		}
+		if l, ok := live[k]; ok {
+			p.start = min(p.start, max(l, o.Offset))
+		} else {
+			p.start = o.Offset
+		}
+		rb.parts[k] = p
+		b.Queue(`INSERT INTO `+rb.shadowTable("consumer_offsets")+` (group_id, topic, partition, next_offset, epoch, owner)
+			VALUES ($1, $2, $3, $4, 0, 'rebuild')`, rb.group, o.Topic, o.Partition, p.start)
 	})
 	if b.Len() > 0 {
 		if err := rb.live.SendBatch(ctx, &b).Close(); err != nil {
-			return nil, fmt.Errorf("rebuilding %s: storing the start offsets: %w", rb.group, err)
+			return fmt.Errorf("rebuilding %s: storing the start offsets: %w", rb.group, err)
 		}
 	}
-	return parts, nil
+	return nil
 }
 
-// progress reads how far the rebuild and the live group are: records
-// applied by the rebuild, the records it has to apply to reach the live
-// group (which moves meanwhile), and whether it has reached it.
-func (rb *rebuildRun) progress(ctx context.Context, shadow *pgxpool.Pool, parts []part) (done, total int64, caughtUp bool, err error) {
-	read := func(p *pgxpool.Pool, table string) (map[partitionKey]int64, error) {
-		rows, err := p.Query(ctx, `SELECT topic, partition, next_offset FROM `+table+` WHERE group_id = $1`, rb.group)
-		if err != nil {
+// checkParkedBeforeStart refuses a rebuild that would start after records
+// the live group holds parked: the rebuild would not know of them. No such
+// record can appear later, as the live group parks only past its position.
+func (rb *rebuildRun) checkParkedBeforeStart(ctx context.Context) error {
+	var ts []string
+	var ps []int32
+	var ss []int64
+	for k, p := range rb.parts {
+		ts, ps, ss = append(ts, k.topic), append(ps, k.partition), append(ss, p.start)
+	}
+	var n int64
+	var oldest *time.Time
+	if err := rb.live.QueryRow(ctx, `SELECT count(*), min(p.parked_at) FROM consumer_parked p
+		JOIN unnest($2::text[], $3::int[], $4::bigint[]) AS s(topic, partition, start)
+		  ON p.topic = s.topic AND p.partition = s.partition AND p."offset" < s.start
+		WHERE p.group_id = $1 AND p.state <> 'skipped'`, rb.group, ts, ps, ss).Scan(&n, &oldest); err != nil {
+		return fmt.Errorf("rebuilding %s: looking for parked records before the start: %w", rb.group, err)
+	}
+	if n > 0 {
+		return fmt.Errorf("%w: %d records of group %s, parked since %s, are before where the rebuild starts (-from, or the start of the topics' logs); replay, skip or purge them first (tally dlq list -group %s -state retrying,waiting,dead)",
+			ErrParkedBeforeStart, n, rb.group, oldest.UTC().Format(time.RFC3339), rb.group)
+	}
+	return nil
+}
+
+// positions reads a group's positions from table (live or shadow
+// consumer_offsets): the next offset to apply, by partition of the
+// group's topics; -1 (nothing applied yet) is left out.
+func (rb *rebuildRun) positions(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, table string) (map[partitionKey]int64, error) {
+	rows, err := q.Query(ctx, `SELECT topic, partition, next_offset FROM `+table+`
+		WHERE group_id = $1 AND topic = ANY($2) AND next_offset >= 0`, rb.group, rb.topics)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	m := map[partitionKey]int64{}
+	for rows.Next() {
+		var k partitionKey
+		var n int64
+		if err := rows.Scan(&k.topic, &k.partition, &n); err != nil {
 			return nil, err
 		}
-		defer rows.Close()
-		m := map[partitionKey]int64{}
-		for rows.Next() {
-			var k partitionKey
-			var n int64
-			if err := rows.Scan(&k.topic, &k.partition, &n); err != nil {
-				return nil, err
-			}
-			m[k] = n
+		m[k] = n
+	}
+	return m, rows.Err()
+}
+
+// rebuildProgress is how far a rebuild is: records applied, the records it
+// has to apply to reach the live group (which moves meanwhile), and
+// whether it has reached it.
+type rebuildProgress struct {
+	done, total int64
+	caughtUp    bool
+}
+
+// progress reads how far the rebuild and the live group are, through q: a
+// pool, or the swap's transaction. A live position on a partition the
+// rebuild does not know (one added since it began) holds it back.
+func (rb *rebuildRun) progress(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}) (rebuildProgress, error) {
+	var pr rebuildProgress
+	live, err := rb.positions(ctx, q, rb.liveTable("consumer_offsets"))
+	if err != nil {
+		return pr, fmt.Errorf("rebuilding %s: reading the live positions: %w", rb.group, err)
+	}
+	rebuilt, err := rb.positions(ctx, q, rb.shadowTable("consumer_offsets"))
+	if err != nil {
+		return pr, fmt.Errorf("rebuilding %s: reading the rebuild's positions: %w", rb.group, err)
+	}
+	pr.caughtUp = true
+	for k, l := range live {
+		if _, known := rb.parts[k]; !known && l > 0 {
+			pr.caughtUp = false
 		}
-		return m, rows.Err()
 	}
-	live, err := read(rb.live, rb.liveTable("consumer_offsets"))
-	if err != nil {
-		return 0, 0, false, fmt.Errorf("rebuilding %s: reading the live positions: %w", rb.group, err)
-	}
-	rebuilt, err := read(shadow, rb.shadowTable("consumer_offsets"))
-	if err != nil {
-		return 0, 0, false, fmt.Errorf("rebuilding %s: reading the rebuild's positions: %w", rb.group, err)
-	}
-	caughtUp = true
-	for _, p := range parts {
-		// -1 and no row both mean nothing applied: the start of the log.
-		l, ok := live[p.key]
-		if !ok || l < 0 {
+	for k, p := range rb.parts {
+		l, ok := live[k]
+		if !ok {
 			l = p.logStart
 		}
-		s, ok := rebuilt[p.key]
-		if !ok || s < 0 {
-			s = p.start
-		}
 		l = max(l, p.start)
-		done += s - p.start
-		total += l - p.start
-		caughtUp = caughtUp && s >= l
+		s := rebuilt[k] // stored from the start
+		pr.done += s - p.start
+		pr.total += l - p.start
+		pr.caughtUp = pr.caughtUp && s >= l
 	}
-	return done, total, caughtUp, nil
+	return pr, nil
 }
 
 // pause pauses the live group: its members' commits fail (TL002) and wait
@@ -481,14 +618,16 @@ func (rb *rebuildRun) pause(ctx context.Context) error {
 	return nil
 }
 
-func (rb *rebuildRun) unpause(ctx context.Context) {
+// unpause resumes the live group.
+func (rb *rebuildRun) unpause(ctx context.Context) error {
 	rb.mu.Lock()
-	paused := rb.paused
 	rb.paused = false
 	rb.mu.Unlock()
-	if paused {
-		rb.live.Exec(ctx, `UPDATE consumer_offsets SET paused_until = NULL WHERE group_id = $1`, rb.group)
+	if _, err := rb.live.Exec(ctx, `UPDATE consumer_offsets SET paused_until = NULL WHERE group_id = $1 AND paused_until IS NOT NULL`,
+		rb.group); err != nil {
+		return fmt.Errorf("rebuilding %s: resuming the live group: %w", rb.group, err)
 	}
+	return nil
 }
 
 // under returns the records of batch the live group has applied already
@@ -552,37 +691,83 @@ func (rb *rebuildRun) decide(rec *kgo.Record, o origin) *kgo.Record {
 }
 
 // swap replaces the live group's projections and state with the rebuilt
-// ones and resumes the live group, in one transaction.
+// ones, in one transaction, and resumes the live group after it commits:
+// a transaction of the live group that began before the swap and read the
+// state it replaces fails its commit (TL002) and runs again on the new one.
 func (rb *rebuildRun) swap(ctx context.Context, g *Group, rep *RebuildReport) error {
+	fail := func(err error) error { return fmt.Errorf("rebuilding %s: swapping: %w", rb.group, err) }
 	tx, err := rb.live.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("rebuilding %s: swapping: %w", rb.group, err)
+		return fail(err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
+	// The lease is held, not locked for update: the heartbeat keeps
+	// renewing it, and another rebuild cannot end it.
 	var ours bool
 	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM consumer_rebuilds WHERE group_id = $1 AND owner = $2
-		AND heartbeat_at > now() - $3::interval FOR UPDATE)`, rb.group, rb.owner, rebuildLease.String()).Scan(&ours); err != nil {
-		return fmt.Errorf("rebuilding %s: swapping: %w", rb.group, err)
+		AND heartbeat_at > now() - $3::interval FOR KEY SHARE)`, rb.group, rb.owner, rebuildLease.String()).Scan(&ours); err != nil {
+		return fail(err)
 	}
 	if !ours {
 		return fmt.Errorf("rebuilding %s: the rebuild's lease lapsed; nothing was swapped", rb.group)
 	}
+	// The pause, renewed and held to the commit: the live group's commits
+	// fail meanwhile, even should the heartbeat fall behind.
+	const pauseSQL = `UPDATE consumer_offsets SET paused_until = clock_timestamp() + $2::interval WHERE group_id = $1`
+	if _, err := tx.Exec(ctx, pauseSQL, rb.group, rebuildLease.String()); err != nil {
+		return fail(err)
+	}
+	pr, err := rb.progress(ctx, tx)
+	if err != nil {
+		return err
+	}
+	if !pr.caughtUp {
+		return fmt.Errorf("rebuilding %s: the live group moved while paused (its pause lapsed?); nothing was swapped", rb.group)
+	}
+
 	// Dead letters the live group has already sent to the dead-letter
 	// topic are not sent again.
 	liveDead := map[origin]bool{}
-	rows, err := tx.Query(ctx, `SELECT topic, partition, "offset" FROM consumer_parked WHERE group_id = $1 AND state = 'dead'`, rb.group)
+	rows, err := tx.Query(ctx, `SELECT topic, partition, "offset" FROM `+rb.liveTable("consumer_parked")+`
+		WHERE group_id = $1 AND state = 'dead'`, rb.group)
 	if err != nil {
-		return fmt.Errorf("rebuilding %s: swapping: %w", rb.group, err)
+		return fail(err)
 	}
 	for rows.Next() {
 		var o origin
 		if err := rows.Scan(&o.topic, &o.partition, &o.offset); err != nil {
 			rows.Close()
-			return fmt.Errorf("rebuilding %s: swapping: %w", rb.group, err)
+			return fail(err)
 		}
 		liveDead[o] = true
 	}
 	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fail(err)
+	}
+	// The events the handlers emitted for records the live group had not
+	// applied, and the rebuild did, are new: they are published.
+	rows, err = tx.Query(ctx, `SELECT o.id, o.type, o.source, o.subject, o.time, o.sequence, o.correlation_id,
+			o.causation_id, o.traceparent, o.payload
+		FROM `+rb.shadowTable("outbox")+` o
+		WHERE o.type <> '' AND o.causation_id IN (
+			SELECT s.event_id::text FROM `+rb.shadowTable("consumer_applied")+` s
+			WHERE s.group_id = $1 AND NOT EXISTS (
+				SELECT 1 FROM `+rb.liveTable("consumer_applied")+` l WHERE l.group_id = $1 AND l.event_id = s.event_id))
+		ORDER BY o.shard, o.seq`, rb.group)
+	if err != nil {
+		return fail(err)
+	}
+	emitted, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (envelope.Event, error) {
+		var e envelope.Event
+		err := row.Scan(&e.ID, &e.Type, &e.Source, &e.Subject, &e.Time, &e.Sequence, &e.CorrelationID,
+			&e.CausationID, &e.TraceParent, &e.Data)
+		return e, err
+	})
+	if err != nil {
+		return fail(err)
+	}
+	rep.Emitted = int64(len(emitted))
 
 	var b pgx.Batch
 	for i := len(g.tables) - 1; i >= 0; i-- {
@@ -594,27 +779,36 @@ func (rb *rebuildRun) swap(ctx context.Context, g *Group, rep *RebuildReport) er
 			return nil
 		})
 	}
-	b.Queue(`DELETE FROM consumer_applied WHERE group_id = $1`, rb.group)
-	b.Queue(`INSERT INTO consumer_applied SELECT * FROM ` + rb.shadowTable("consumer_applied"))
-	b.Queue(`DELETE FROM consumer_parked WHERE group_id = $1 AND state <> 'skipped'`, rb.group)
-	b.Queue(`INSERT INTO consumer_parked SELECT * FROM ` + rb.shadowTable("consumer_parked")).Exec(func(ct pgconn.CommandTag) error {
+	// The marks: the live ones (which know the events before the
+	// rebuild's start too) and the rebuild's, but for the records the
+	// rebuild parked.
+	b.Queue(`INSERT INTO ` + rb.liveTable("consumer_applied") + ` SELECT * FROM ` + rb.shadowTable("consumer_applied") + ` ON CONFLICT DO NOTHING`)
+	b.Queue(`DELETE FROM `+rb.liveTable("consumer_applied")+` WHERE group_id = $1
+		AND event_id IN (SELECT event_id FROM `+rb.shadowTable("consumer_parked")+` WHERE event_id IS NOT NULL)`, rb.group)
+	// A rebuilt parked record takes a version past the live one's, so
+	// that a retry record the live group sent for it is stale.
+	b.Queue(`UPDATE `+rb.shadowTable("consumer_parked")+` s SET version = greatest(s.version, l.version)
+		FROM `+rb.liveTable("consumer_parked")+` l
+		WHERE l.group_id = $1 AND l.topic = s.topic AND l.partition = s.partition AND l."offset" = s."offset"`, rb.group)
+	b.Queue(`DELETE FROM `+rb.liveTable("consumer_parked")+` WHERE group_id = $1 AND state <> 'skipped'`, rb.group)
+	b.Queue(`INSERT INTO ` + rb.liveTable("consumer_parked") + ` SELECT * FROM ` + rb.shadowTable("consumer_parked")).Exec(func(ct pgconn.CommandTag) error {
 		rep.Parked = ct.RowsAffected()
 		return nil
 	})
-	b.Queue(`DELETE FROM consumer_parked_keys WHERE group_id = $1`, rb.group)
-	b.Queue(`INSERT INTO consumer_parked_keys SELECT * FROM ` + rb.shadowTable("consumer_parked_keys"))
+	b.Queue(`DELETE FROM `+rb.liveTable("consumer_parked_keys")+` WHERE group_id = $1`, rb.group)
+	b.Queue(`INSERT INTO ` + rb.liveTable("consumer_parked_keys") + ` SELECT * FROM ` + rb.shadowTable("consumer_parked_keys"))
 	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
-		return fmt.Errorf("rebuilding %s: swapping: %w", rb.group, err)
+		return fail(err)
 	}
 
 	// The rebuilt records still to retry get a retry record each; the
 	// rebuilt dead letters the dead-letter topic lacks are sent there.
-	rows, err = tx.Query(ctx, `UPDATE consumer_parked p SET version = version + 1, not_before = now(), updated_at = now()
+	rows, err = tx.Query(ctx, `UPDATE `+rb.liveTable("consumer_parked")+` p SET version = version + 1, not_before = now(), updated_at = now()
 		WHERE group_id = $1 AND (state = 'retrying' OR state = 'dead')
 		  AND id IN (SELECT id FROM `+rb.shadowTable("consumer_parked")+`)
 		RETURNING p.state, p.tier, p.error_class, p.error, `+parkedColumns("p."), rb.group)
 	if err != nil {
-		return fmt.Errorf("rebuilding %s: swapping: %w", rb.group, err)
+		return fail(err)
 	}
 	var fs []outbox.Forward
 	now := time.Now()
@@ -624,7 +818,7 @@ func (rb *rebuildRun) swap(ctx context.Context, g *Group, rep *RebuildReport) er
 		p, err := scanParked(rows, &state, &tier, &class, &msg)
 		if err != nil {
 			rows.Close()
-			return fmt.Errorf("rebuilding %s: swapping: %w", rb.group, err)
+			return fail(err)
 		}
 		f := &failure{transient, msg}
 		if class == permanent.String() {
@@ -643,21 +837,24 @@ func (rb *rebuildRun) swap(ctx context.Context, g *Group, rep *RebuildReport) er
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("rebuilding %s: swapping: %w", rb.group, err)
+		return fail(err)
 	}
 	var fb pgx.Batch
-	if err := outbox.QueueForwards(&fb, fs...); err != nil {
-		return err
+	if err := outbox.Queue(&fb, emitted...); err != nil {
+		return fail(err)
 	}
-	fb.Queue(`UPDATE consumer_offsets SET paused_until = NULL WHERE group_id = $1`, rb.group)
+	if err := outbox.QueueForwards(&fb, fs...); err != nil {
+		return fail(err)
+	}
+	fb.Queue(pauseSQL, rb.group, rebuildLease.String())
 	if err := tx.SendBatch(ctx, &fb).Close(); err != nil {
-		return fmt.Errorf("rebuilding %s: swapping: %w", rb.group, err)
+		return fail(err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("rebuilding %s: committing the swap: %w", rb.group, err)
 	}
-	rb.mu.Lock()
-	rb.paused = false
-	rb.mu.Unlock()
-	return nil
+	if len(emitted)+len(fs) > 0 && rb.notifier != nil {
+		rb.notifier.Notify()
+	}
+	return rb.unpause(ctx)
 }

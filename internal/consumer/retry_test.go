@@ -32,8 +32,11 @@ import (
 //	broken  fails transiently until its key is in table fixed
 //	poison  fails permanently
 //	slow    reads the database first (and so fails with it)
+//	emit    emits two tally.invoice.payment_received.v1 events, keyed by its key
+//	emit-then-fail  emits them, then fails permanently
 //
-// Anything else is applied: a row in effects.
+// Anything else is applied: a row in effects. A broken record, once fixed,
+// also emits an event.
 func flakyGroup(t testing.TB, pool *pgxpool.Pool) *consumer.Group {
 	t.Helper()
 	if err := createFlaky(pool); err != nil {
@@ -75,8 +78,26 @@ func newFlakyGroup(pool *pgxpool.Pool) *consumer.Group {
 			if !fixed {
 				return errors.New("broken until fixed")
 			}
+			if err := e.Emit("tally.invoice.payment_received.v1", e.Subject, e.Sequence, map[string]any{
+				"invoice_id": e.Subject, "customer_id": "c", "payment_id": "fixed", "currency": "EUR",
+				"amount": 100, "paid_at": "2026-01-01", "total": 100, "amount_paid": 100, "amount_due": 0,
+			}); err != nil {
+				return err
+			}
 		case name == "poison":
 			return consumer.Permanent(errors.New("the name is poison"))
+		case name == "emit" || name == "emit-then-fail":
+			for i := range 2 {
+				if err := e.Emit("tally.invoice.payment_received.v1", e.Subject, e.Sequence*10+int64(i), map[string]any{
+					"invoice_id": e.Subject, "customer_id": "c", "payment_id": fmt.Sprint(i), "currency": "EUR",
+					"amount": 100, "paid_at": "2026-01-01", "total": 200, "amount_paid": 100 * (i + 1), "amount_due": 100 - 100*i,
+				}); err != nil {
+					return err
+				}
+			}
+			if name == "emit-then-fail" {
+				return consumer.Permanent(errors.New("failing after emitting"))
+			}
 		case name == "slow":
 			var one int
 			if err := tx.QueryRow(ctx, `SELECT 1`).Scan(&one); err != nil {

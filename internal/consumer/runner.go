@@ -112,6 +112,9 @@ func newRunner(pool *pgxpool.Pool, g *Group, rb *rebuildRun, opts ...Option) (*R
 	for _, o := range opts {
 		o(r)
 	}
+	if rb != nil {
+		r.notifier = nil // the rebuild's outbox is never published
+	}
 	if r.batch < 1 || r.commitEvery <= 0 || r.drain <= 0 {
 		return nil, errors.New("consumer: batch size, commit interval and drain timeout must be positive")
 	}
@@ -146,6 +149,10 @@ func newRunner(pool *pgxpool.Pool, g *Group, rb *rebuildRun, opts ...Option) (*R
 		kgo.OnPartitionsAssigned(r.assigned),
 		kgo.OnPartitionsRevoked(r.revoked),
 		kgo.OnPartitionsLost(r.lost),
+		// A partition resumed (a retry tier's record come due, a queue
+		// drained) joins the next fetch request, which waits for the one in
+		// flight: a long wait of idle partitions would delay it by as much.
+		kgo.FetchMaxWait(fetchMaxWait),
 	}, r.kopts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("creating Kafka client: %w", err)
@@ -153,6 +160,12 @@ func newRunner(pool *pgxpool.Pool, g *Group, rb *rebuildRun, opts ...Option) (*R
 	r.cl = cl
 	return r, nil
 }
+
+// fetchMaxWait bounds how long a fetch waits for records, and so how long
+// a resumed partition waits for the fetch in flight to return (Kafka's
+// default, 5s, would add up to that to every retry delay). It costs an idle
+// member two fetch requests a second per broker.
+const fetchMaxWait = 500 * time.Millisecond
 
 // topics are what the group's members read: the group's topics and its
 // retry tiers (a rebuild reads the group's topics only).

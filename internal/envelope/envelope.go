@@ -20,6 +20,8 @@ package envelope
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -75,6 +77,30 @@ type Event struct {
 // NewID returns a new UUIDv7 event id: time-ordered, so ids of one
 // aggregate's events sort in the order they were made.
 func NewID() uuid.UUID { return uuid.Must(uuid.NewV7()) }
+
+// DerivedID returns the UUIDv7 event id of an event derived from others:
+// its time is at (to the millisecond) and its remaining 74 bits a SHA-256
+// of parts, so deriving the same event again (the same parts, the same
+// time) gives the same id, and consumers pass the second as a duplicate.
+// The parts must name the event uniquely, such as a cause's id, who
+// derives and the event's rank among those derived from the cause.
+func DerivedID(at time.Time, parts ...string) uuid.UUID {
+	h := sha256.New()
+	for _, p := range parts {
+		// Length-prefixed, so that ("ab", "c") and ("a", "bc") differ.
+		binary.Write(h, binary.BigEndian, uint32(len(p)))
+		h.Write([]byte(p))
+	}
+	var u uuid.UUID
+	copy(u[6:], h.Sum(nil))
+	ms := uint64(at.UnixMilli())
+	for i := range 6 {
+		u[i] = byte(ms >> (40 - 8*i))
+	}
+	u[6] = u[6]&0x0f | 0x70 // version 7
+	u[8] = u[8]&0x3f | 0x80 // RFC 9562 variant
+	return u
+}
 
 // Validate checks the attributes a producer must set; it does not look at
 // Data (topics validates payloads against their schemas).

@@ -252,3 +252,26 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestDerivedIDIsAStableUUIDv7(t *testing.T) {
+	at := time.Date(2026, 3, 1, 12, 0, 0, 123_456_789, time.UTC)
+	a := envelope.DerivedID(at, "revenue", "0191c2d4-0000-7000-8000-000000000001", "0")
+	if b := envelope.DerivedID(at, "revenue", "0191c2d4-0000-7000-8000-000000000001", "0"); a != b {
+		t.Errorf("the same parts gave %s, then %s", a, b)
+	}
+	if a.Version() != 7 || a.Variant() != uuid.RFC4122 {
+		t.Errorf("%s: version %d, variant %v, want a UUIDv7", a, a.Version(), a.Variant())
+	}
+	if sec, nsec := a.Time().UnixTime(); time.Unix(sec, nsec).UnixMilli() != at.UnixMilli() {
+		t.Errorf("%s carries %v, want %v", a, time.Unix(sec, nsec).UTC(), at)
+	}
+	for _, parts := range [][]string{
+		{"revenue", "0191c2d4-0000-7000-8000-000000000001", "1"},
+		{"kpi", "0191c2d4-0000-7000-8000-000000000001", "0"},
+		{"revenue0191c2d4-0000-7000-8000-000000000001", "", "0"},
+	} {
+		if envelope.DerivedID(at, parts...) == a {
+			t.Errorf("%q gave the id of other parts", parts)
+		}
+	}
+}

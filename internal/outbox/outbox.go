@@ -105,9 +105,17 @@ func Write(ctx context.Context, tx pgx.Tx, evs ...envelope.Event) error {
 // Shards are taken in ascending order, so two transactions writing to
 // several shards cannot deadlock on them.
 func Queue(b *pgx.Batch, evs ...envelope.Event) error {
-	if len(evs) == 0 {
-		return nil
+	for i := range evs {
+		if err := Check(&evs[i]); err != nil {
+			return err
+		}
 	}
+	QueueChecked(b, evs...)
+	return nil
+}
+
+// QueueChecked is Queue for events that passed Check.
+func QueueChecked(b *pgx.Batch, evs ...envelope.Event) {
 	type row struct {
 		shard int16
 		topic string
@@ -116,19 +124,7 @@ func Queue(b *pgx.Batch, evs ...envelope.Event) error {
 	rows := make([]row, len(evs))
 	for i := range evs {
 		ev := &evs[i]
-		if err := ev.Validate(); err != nil {
-			return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
-		}
-		if len(ev.Data) > MaxPayloadBytes {
-			return fmt.Errorf("%w: %s payload is %d bytes, more than %d", ErrTooLarge, ev.Type, len(ev.Data), MaxPayloadBytes)
-		}
-		topic, ok := topics.TopicOf(ev.Type)
-		if !ok {
-			return fmt.Errorf("%w: no topic for type %q", ErrInvalidEvent, ev.Type)
-		}
-		if err := topics.Validate(ev.Type, ev.Data); err != nil {
-			return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
-		}
+		topic, _ := topics.TopicOf(ev.Type)
 		rows[i] = row{ShardOf(ev.Subject), topic, ev}
 	}
 	slices.SortStableFunc(rows, func(a, b row) int { return int(a.shard) - int(b.shard) })
@@ -145,6 +141,23 @@ func Queue(b *pgx.Batch, evs ...envelope.Event) error {
 		b.Queue(insertSQL, rows[lo].shard, int64(hi-lo), c.topic, c.key, c.id, c.typ, c.source, c.subject,
 			c.sequence, c.time, c.correlation, c.causation, c.trace, c.payload)
 		lo = hi
+	}
+}
+
+// Check validates ev as Queue does: its envelope attributes, its payload's
+// size, and its payload against its type's JSON Schema.
+func Check(ev *envelope.Event) error {
+	if err := ev.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
+	}
+	if len(ev.Data) > MaxPayloadBytes {
+		return fmt.Errorf("%w: %s payload is %d bytes, more than %d", ErrTooLarge, ev.Type, len(ev.Data), MaxPayloadBytes)
+	}
+	if _, ok := topics.TopicOf(ev.Type); !ok {
+		return fmt.Errorf("%w: no topic for type %q", ErrInvalidEvent, ev.Type)
+	}
+	if err := topics.Validate(ev.Type, ev.Data); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
 	}
 	return nil
 }

@@ -40,33 +40,91 @@ func ConsumeBacklog(ctx context.Context, serverURL string, n int, log *slog.Logg
 	if err := fillTopic(ctx, c, n); err != nil {
 		return 0, fmt.Errorf("filling the topic: %w", err)
 	}
+	began := time.Now()
+	stop, err := applyBacklog(ctx, db, c, n, log)
+	if err != nil {
+		return 0, err
+	}
+	defer stop()
+	elapsed := time.Since(began)
+	rate := float64(n) / elapsed.Seconds()
+	log.Info("the revenue group applied the backlog", "events", n, "seconds", elapsed.Seconds(), "events_per_second", int(rate))
+	return rate, nil
+}
+
+// RebuildFigures are what one rebuild of the revenue group measured.
+type RebuildFigures struct {
+	Rate   float64       // records rebuilt per second, from the start of Rebuild to the swap
+	Paused time.Duration // how long the live group was paused
+}
+
+// RebuildBacklog measures a rebuild (tally replay) of the revenue group
+// from n invoice events on Kafka, which a live member has applied and keeps
+// running through the rebuild.
+func RebuildBacklog(ctx context.Context, serverURL string, n int, log *slog.Logger) (RebuildFigures, error) {
+	db, err := newDatabase(ctx, serverURL, 32)
+	if err != nil {
+		return RebuildFigures{}, err
+	}
+	defer db.drop()
+	c, err := devkafka.Ephemeral(ctx)
+	if err != nil {
+		return RebuildFigures{}, err
+	}
+	defer c.Close()
+	if err := fillTopic(ctx, c, n); err != nil {
+		return RebuildFigures{}, fmt.Errorf("filling the topic: %w", err)
+	}
+	stop, err := applyBacklog(ctx, db, c, n, log)
+	if err != nil {
+		return RebuildFigures{}, err
+	}
+	defer stop()
+	began := time.Now()
+	rep, err := consumer.Rebuild(ctx, db.pool, revenue.Group(), consumer.RebuildConfig{},
+		consumer.WithKafkaOptions(kgo.SeedBrokers(c.ListenAddrs()...)), consumer.WithLogger(log))
+	if err != nil {
+		return RebuildFigures{}, err
+	}
+	elapsed := time.Since(began)
+	if rep.Applied != int64(n) || rep.Rows["revenue_invoices"] != int64(n/5) {
+		return RebuildFigures{}, fmt.Errorf("the rebuild read %d of %d records and swapped in %d of %d invoices",
+			rep.Applied, n, rep.Rows["revenue_invoices"], n/5)
+	}
+	f := RebuildFigures{Rate: float64(n) / elapsed.Seconds(), Paused: rep.Paused}
+	log.Info("the revenue group was rebuilt", "events", n, "seconds", elapsed.Seconds(), "events_per_second", int(f.Rate),
+		"paused", rep.Paused)
+	return f, nil
+}
+
+// applyBacklog starts a member of the revenue group and returns once it
+// has applied the n records on the cluster; stop stops the member.
+func applyBacklog(ctx context.Context, db *database, c *kfake.Cluster, n int, log *slog.Logger) (stop func(), err error) {
 	r, err := consumer.New(db.pool, revenue.Group(), consumer.WithKafkaOptions(kgo.SeedBrokers(c.ListenAddrs()...)),
 		consumer.WithLogger(log))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	began := time.Now()
 	go func() { defer close(done); r.Run(cctx) }()
-	defer func() { cancel(); <-done }()
+	stop = func() { cancel(); <-done }
 	for {
 		var applied int64
 		if err := db.pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE next_offset > 0`).Scan(&applied); err != nil {
-			return 0, err
+			stop()
+			return nil, err
 		}
 		if applied >= int64(n) {
-			break
+			return stop, nil
 		}
 		if time.Since(began) > 10*time.Minute {
-			return 0, fmt.Errorf("the group applied %d of %d events in 10 minutes", applied, n)
+			stop()
+			return nil, fmt.Errorf("the group applied %d of %d events in 10 minutes", applied, n)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	elapsed := time.Since(began)
-	rate := float64(n) / elapsed.Seconds()
-	log.Info("the revenue group applied the backlog", "events", n, "seconds", elapsed.Seconds(), "events_per_second", int(rate))
-	return rate, nil
 }
 
 // fillTopic produces n invoice events to tally.invoices.v1, 5 versions of
