@@ -642,8 +642,10 @@ func (rb *rebuildRun) under(w *worker, batch []queued) []queued {
 		rb.mu.Unlock()
 		if !known || batch[len(batch)-1].rec.Offset >= limit {
 			var next *int64
-			err := rb.live.QueryRow(context.Background(), `SELECT max(next_offset) FROM `+rb.liveTable("consumer_offsets")+`
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := rb.live.QueryRow(ctx, `SELECT max(next_offset) FROM `+rb.liveTable("consumer_offsets")+`
 				WHERE group_id = $1 AND topic = $2 AND partition = $3`, rb.group, key.topic, key.partition).Scan(&next)
+			cancel()
 			if err != nil {
 				w.r.log.Warn("reading the live group's position", "topic", key.topic, "partition", key.partition, "err", err)
 			} else {
@@ -781,8 +783,11 @@ func (rb *rebuildRun) swap(ctx context.Context, g *Group, rep *RebuildReport) er
 	}
 	// The marks: the live ones (which know the events before the
 	// rebuild's start too) and the rebuild's, but for the records the
-	// rebuild parked.
-	b.Queue(`INSERT INTO ` + rb.liveTable("consumer_applied") + ` SELECT * FROM ` + rb.shadowTable("consumer_applied") + ` ON CONFLICT DO NOTHING`)
+	// rebuild parked. The anti-join halves the time ON CONFLICT alone
+	// takes to find that most are there already.
+	b.Queue(`INSERT INTO ` + rb.liveTable("consumer_applied") + ` SELECT s.* FROM ` + rb.shadowTable("consumer_applied") + ` s
+		WHERE NOT EXISTS (SELECT 1 FROM ` + rb.liveTable("consumer_applied") + ` l WHERE l.group_id = s.group_id AND l.event_id = s.event_id)
+		ON CONFLICT DO NOTHING`)
 	b.Queue(`DELETE FROM `+rb.liveTable("consumer_applied")+` WHERE group_id = $1
 		AND event_id IN (SELECT event_id FROM `+rb.shadowTable("consumer_parked")+` WHERE event_id IS NOT NULL)`, rb.group)
 	// A rebuilt parked record takes a version past the live one's, so
