@@ -92,7 +92,9 @@ func domain() []Topic {
 		}},
 		{Name: "tally.sales.v1", Key: "sale id"},
 		{Name: "tally.expenses.v1", Key: "expense id"},
-		{Name: "tally.revenue.v1", Key: "invoice id"},
+		{Name: "tally.revenue.v1", Key: "invoice id", Types: []string{
+			"tally.revenue.deferred.v1", "tally.revenue.recognized.v1", "tally.revenue.adjusted.v1", "tally.revenue.reversed.v1",
+		}},
 		{Name: "tally.kpis.v1", Key: "KPI and period",
 			// Only the latest value of a KPI for a period matters.
 			Configs: map[string]string{"cleanup.policy": "compact"}},

@@ -1,15 +1,37 @@
 // Package revenue is the revenue consumer group: from invoice events it
 // keeps a projection of every invoice (its customer, currency, status,
-// total, what is paid and due), the base that revenue recognition builds on.
+// total, what is paid and due) and the revenue ledger, and announces the
+// ledger's changes as revenue events (tally.revenue.v1).
 //
-// Invoice events carry the whole invoice, so each one replaces the
-// projection, unless the projection already holds a later version (a higher
-// ce_sequence): applying events late, twice or out of order ends in the
-// same state.
+// Recognition follows ASC 606 / IFRS 15 on the accrual basis: an invoice
+// books its net amount (its lines less its discount, allocated over the
+// lines in proportion to their totals; tax is never revenue) as deferred
+// revenue on its issue date. A line with a service period is recognized
+// ratably by day over it, both ends inclusive (UTC); one without, on the
+// issue date; service days before the issue date are caught up on it.
+// Rounding is cumulative (see schedule.go): every day is within one minor
+// unit of exact, and the total is exact. An update of an open invoice
+// adjusts the deferred revenue by the change of its net amount and spreads
+// what remains to recognize over the rest of the service period, from the
+// update's date on; what was recognized before it is not rewritten. A void
+// or a delete reverses what was recognized, on its date, and cancels the
+// deferred revenue left. Payments, reminders and overdue notices change
+// nothing on the accrual basis; the cash basis recognizes each payment's
+// share of the net amount on its date. Each currency is a ledger of its
+// own: nothing is converted.
+//
+// Events of the invoice topic carry the whole invoice: each adds a
+// version to the invoice's history, and the invoice's ledger rows are
+// derived from the whole history again (ledger.go), so events applied
+// late, twice or out of order end in the same ledger. The group emits
+// tally.revenue.deferred.v1, .adjusted.v1 and .reversed.v1 as its rows
+// change, caused by the invoice event that changed them; recognition day by
+// day is announced by the scheduler (Announce), as days pass.
 package revenue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -17,6 +39,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tally-dev/tally/internal/consumer"
+	"github.com/tally-dev/tally/internal/date"
 )
 
 // Topics the group reads.
@@ -24,7 +47,9 @@ var Topics = []string{"tally.invoices.v1"}
 
 // Group returns the revenue group's declaration.
 func Group() *consumer.Group {
-	g := consumer.NewGroup("revenue", Topics...).Projections("revenue_invoices")
+	g := consumer.NewGroup("revenue", Topics...).
+		Projections("revenue_invoices", "revenue_ledger", "revenue_entries").
+		BatchState(loadLedgers)
 	for _, typ := range []string{"tally.invoice.created.v1", "tally.invoice.updated.v1", "tally.invoice.paid.v1",
 		"tally.invoice.voided.v1", "tally.invoice.deleted.v1"} {
 		consumer.Handle(g, typ, applySnapshot)
@@ -35,19 +60,83 @@ func Group() *consumer.Group {
 
 // snapshot is what the group reads of an invoice event's payload.
 type snapshot struct {
-	ID         string `json:"id"`
-	CustomerID string `json:"customer_id"`
-	Currency   string `json:"currency"`
-	Status     string `json:"status"`
-	Total      int64  `json:"total"`
-	AmountPaid int64  `json:"amount_paid"`
-	AmountDue  int64  `json:"amount_due"`
+	ID         string    `json:"id"`
+	CustomerID string    `json:"customer_id"`
+	Currency   string    `json:"currency"`
+	Status     string    `json:"status"`
+	IssuedAt   date.Date `json:"issued_at"`
+	Lines      []struct {
+		Total         int64 `json:"total"`
+		ServicePeriod *struct {
+			Start date.Date `json:"start"`
+			End   date.Date `json:"end"`
+		} `json:"service_period"`
+	} `json:"lines"`
+	Subtotal   int64      `json:"subtotal"`
+	Discount   int64      `json:"discount"`
+	Tax        int64      `json:"tax"`
+	Total      int64      `json:"total"`
+	AmountPaid int64      `json:"amount_paid"`
+	AmountDue  int64      `json:"amount_due"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	VoidedAt   *time.Time `json:"voided_at"`
+	DeletedAt  *time.Time `json:"deleted_at"`
+}
+
+// terms returns the snapshot's revenue terms: its discount allocated over
+// its lines in proportion to their totals.
+func (s *snapshot) terms() (terms, error) {
+	var sum int64
+	totals := make([]int64, len(s.Lines))
+	for i, l := range s.Lines {
+		if l.Total < 0 {
+			return terms{}, fmt.Errorf("line %d has a negative total %d", i+1, l.Total)
+		}
+		totals[i] = l.Total
+		sum += l.Total
+	}
+	switch {
+	case sum != s.Subtotal:
+		return terms{}, fmt.Errorf("the lines sum to %d, the subtotal says %d", sum, s.Subtotal)
+	case s.Discount < 0 || s.Discount > s.Subtotal:
+		return terms{}, fmt.Errorf("discount %d is not within the subtotal %d", s.Discount, s.Subtotal)
+	}
+	shares := spread(s.Discount, totals)
+	t := terms{Currency: s.Currency, Issued: s.IssuedAt, Net: s.Subtotal - s.Discount, Total: s.Total,
+		Lines: make([]lineTerms, len(s.Lines))}
+	for i, l := range s.Lines {
+		t.Lines[i].Net = l.Total - shares[i]
+		if p := l.ServicePeriod; p != nil {
+			if p.End.Before(p.Start) {
+				return terms{}, fmt.Errorf("line %d's service period ends %s, before it starts %s", i+1, p.End, p.Start)
+			}
+			start, end := p.Start, p.End
+			t.Lines[i].Start, t.Lines[i].End = &start, &end
+		}
+	}
+	return t, nil
+}
+
+// effective is when the snapshot's change took effect: the date it was
+// voided, deleted or last updated.
+func (s *snapshot) effective() date.Date {
+	switch {
+	case s.VoidedAt != nil:
+		return date.Of(*s.VoidedAt)
+	case s.DeletedAt != nil:
+		return date.Of(*s.DeletedAt)
+	}
+	return date.Of(s.UpdatedAt)
 }
 
 func applySnapshot(ctx context.Context, tx consumer.Tx, e consumer.Event[snapshot]) error {
-	p := e.Payload
+	p := &e.Payload
 	if p.ID != e.Subject {
 		return consumer.Permanent(fmt.Errorf("payload of invoice %q is about %q", e.Subject, p.ID))
+	}
+	t, err := p.terms()
+	if err != nil {
+		return consumer.Permanent(fmt.Errorf("invoice %q: %w", p.ID, err))
 	}
 	tx.Queue(`INSERT INTO revenue_invoices AS r (invoice_id, customer_id, currency, status, total, amount_paid,
 			amount_due, last_sequence, last_event_at, updated_at)
@@ -58,24 +147,37 @@ func applySnapshot(ctx context.Context, tx consumer.Tx, e consumer.Event[snapsho
 			last_event_at = excluded.last_event_at, updated_at = clock_timestamp()
 		WHERE r.last_sequence < excluded.last_sequence`,
 		p.ID, p.CustomerID, p.Currency, p.Status, p.Total, p.AmountPaid, p.AmountDue, e.Sequence, e.Time)
-	return nil
+
+	l := e.BatchState().(*ledgers).get(e.Subject)
+	if !l.h.addVersion(version{Seq: e.Sequence, EventID: e.ID.String(), Status: p.Status, Effective: p.effective(), Terms: t}) {
+		return nil // known already
+	}
+	if e.Sequence >= l.lastSeq {
+		l.h.CustomerID = p.CustomerID
+	}
+	return l.update(tx, e.Subject, e.Sequence, e)
 }
 
-// payment is what the group reads of a payment_received payload: the
-// invoice's amounts after the payment, not the whole invoice.
+// payment is what the group reads of a payment_received payload.
 type payment struct {
-	InvoiceID  string `json:"invoice_id"`
-	CustomerID string `json:"customer_id"`
-	Currency   string `json:"currency"`
-	Total      int64  `json:"total"`
-	AmountPaid int64  `json:"amount_paid"`
-	AmountDue  int64  `json:"amount_due"`
+	InvoiceID  string    `json:"invoice_id"`
+	CustomerID string    `json:"customer_id"`
+	PaymentID  string    `json:"payment_id"`
+	Currency   string    `json:"currency"`
+	Amount     int64     `json:"amount"`
+	PaidAt     date.Date `json:"paid_at"`
+	Total      int64     `json:"total"`
+	AmountPaid int64     `json:"amount_paid"`
+	AmountDue  int64     `json:"amount_due"`
 }
 
 func applyPayment(ctx context.Context, tx consumer.Tx, e consumer.Event[payment]) error {
-	p := e.Payload
+	p := &e.Payload
 	if p.InvoiceID != e.Subject {
 		return consumer.Permanent(fmt.Errorf("payment of invoice %q is about %q", e.Subject, p.InvoiceID))
+	}
+	if p.AmountPaid > p.Total {
+		return consumer.Permanent(fmt.Errorf("payment %q of invoice %q: %d paid of a total of %d", p.PaymentID, p.InvoiceID, p.AmountPaid, p.Total))
 	}
 	// An invoice seen first through a payment (its created event set aside)
 	// is open: a payment that settles it is followed by its paid event.
@@ -87,8 +189,130 @@ func applyPayment(ctx context.Context, tx consumer.Tx, e consumer.Event[payment]
 			last_event_at = excluded.last_event_at, updated_at = clock_timestamp()
 		WHERE r.last_sequence < excluded.last_sequence`,
 		p.InvoiceID, p.CustomerID, p.Currency, p.Total, p.AmountPaid, p.AmountDue, e.Sequence, e.Time)
+
+	l := e.BatchState().(*ledgers).get(e.Subject)
+	if !l.h.addPayment(paymentRec{Seq: e.Sequence, ID: p.PaymentID, Currency: p.Currency, Amount: p.Amount,
+		PaidAt: p.PaidAt, AmountPaid: p.AmountPaid, Total: p.Total}) {
+		return nil
+	}
+	if l.h.CustomerID == "" {
+		l.h.CustomerID = p.CustomerID
+	}
+	return l.update(tx, e.Subject, e.Sequence, e)
+}
+
+// ledgers is the group's batch state: the ledgers of the batch's invoices,
+// read in one query, and changed by the handlers as they apply events.
+type ledgers struct {
+	byID map[string]*ledger
+}
+
+// ledger is one invoice's ledger as the batch has it.
+type ledger struct {
+	h       history
+	version int64           // of the row in revenue_ledger (0: none yet)
+	lastSeq int64           // the highest sequence the history holds
+	rows    map[string]*row // derive(h): what revenue_entries holds
+}
+
+func (s *ledgers) get(id string) *ledger {
+	l := s.byID[id]
+	if l == nil {
+		l = &ledger{}
+		s.byID[id] = l
+	}
+	return l
+}
+
+func loadLedgers(ctx context.Context, tx consumer.Tx, ids []string) (any, error) {
+	rows, err := tx.Query(ctx, `SELECT invoice_id, history, version, last_sequence FROM revenue_ledger WHERE invoice_id = ANY($1)`, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	s := &ledgers{byID: make(map[string]*ledger, len(ids))}
+	for rows.Next() {
+		var id string
+		var raw []byte
+		l := &ledger{}
+		if err := rows.Scan(&id, &raw, &l.version, &l.lastSeq); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal(raw, &l.h); err != nil {
+			return nil, fmt.Errorf("reading the ledger of invoice %q: %w", id, err)
+		}
+		s.byID[id] = l
+	}
+	return s, rows.Err()
+}
+
+// update writes what the history's newest event changed of the invoice's
+// rows, and announces it through a.
+func (l *ledger) update(tx consumer.Tx, id string, seq int64, a emitter) error {
+	old := l.rows
+	if old == nil && l.version > 0 {
+		// The rows as the history before this event made them: derive
+		// is a function of the history, and the event is its newest.
+		prev := l.h
+		prev.Versions = without(l.h.Versions, seq, func(v version) int64 { return v.Seq })
+		prev.Payments = without(l.h.Payments, seq, func(p paymentRec) int64 { return p.Seq })
+		old = derive(&prev)
+	}
+	next := derive(&l.h)
+	changed := false
+	for k, r := range next {
+		if o := old[k]; o == nil || !o.same(r) {
+			changed = true
+			tx.Queue(upsertEntrySQL, id, r.Basis, r.Kind, r.Key, r.CustomerID, r.Currency, r.Date, r.Start, r.End,
+				r.Revenue, r.Deferred, r.Cum, r.Seq, r.EventID)
+		}
+	}
+	for k, o := range old {
+		if next[k] == nil {
+			changed = true
+			tx.Queue(`DELETE FROM revenue_entries WHERE invoice_id = $1 AND basis = $2 AND kind = $3 AND key = $4`,
+				id, o.Basis, o.Kind, o.Key)
+		}
+	}
+	if err := announce(a, id, seq, l.h, old, next); err != nil {
+		return err
+	}
+	l.rows = next
+	if changed || l.version == 0 {
+		l.version++
+	}
+	l.lastSeq = max(l.lastSeq, seq)
+	raw, err := json.Marshal(&l.h)
+	if err != nil {
+		return fmt.Errorf("encoding the ledger of invoice %q: %w", id, err)
+	}
+	tx.Queue(`INSERT INTO revenue_ledger (invoice_id, customer_id, history, version, last_sequence, updated_at)
+		VALUES ($1, $2, $3, $4, $5, clock_timestamp())
+		ON CONFLICT (invoice_id) DO UPDATE SET customer_id = excluded.customer_id, history = excluded.history,
+			version = excluded.version, last_sequence = excluded.last_sequence, updated_at = excluded.updated_at`,
+		id, l.h.CustomerID, raw, l.version, l.lastSeq)
 	return nil
 }
+
+// without returns xs without the element whose sequence is seq.
+func without[T any](xs []T, seq int64, seqOf func(T) int64) []T {
+	out := make([]T, 0, len(xs))
+	for _, x := range xs {
+		if seqOf(x) != seq {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+const upsertEntrySQL = `
+INSERT INTO revenue_entries (invoice_id, basis, kind, key, customer_id, currency, entry_date, start_date, end_date,
+	revenue, deferred, cum, seq, event_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (invoice_id, basis, kind, key) DO UPDATE SET customer_id = excluded.customer_id,
+	currency = excluded.currency, entry_date = excluded.entry_date, start_date = excluded.start_date,
+	end_date = excluded.end_date, revenue = excluded.revenue, deferred = excluded.deferred, cum = excluded.cum,
+	seq = excluded.seq, event_id = excluded.event_id`
 
 // Invoice is the group's projection of one invoice, as GET
 // /v1/revenue/invoices/{id} answers it.
@@ -110,6 +334,7 @@ var ErrNotFound = errors.New("revenue: no such invoice in the projection")
 
 // Querier is a pool, a connection or a transaction.
 type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 

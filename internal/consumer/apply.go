@@ -187,6 +187,9 @@ func (w *worker) applyMain(batch []queued, failed map[origin]failure, strict boo
 	}
 
 	t := &txn{w: w, ctx: ctx, tx: tx, now: time.Now(), strict: strict}
+	if err := t.loadState(items); err != nil {
+		return err
+	}
 	for i := range items {
 		it := &items[i]
 		k := hold(it)
@@ -231,6 +234,7 @@ type txn struct {
 	tx       *postgres.Tx
 	now      time.Time
 	strict   bool
+	state    any              // the group's batch state (Group.BatchState)
 	emitted  []envelope.Event // by the handlers, in order
 	forwards []outbox.Forward
 	tiers    []int // of the forwards: the retry tier, or 0 for the dead-letter topic
@@ -238,10 +242,36 @@ type txn struct {
 	applied  []*item
 }
 
+// loadState loads the group's batch state for the items with a handler,
+// if the group declares one.
+func (t *txn) loadState(items []item) error {
+	load := t.w.r.g.load
+	if load == nil {
+		return nil
+	}
+	var subjects []string
+	seen := map[string]bool{}
+	for i := range items {
+		if it := &items[i]; it.handle != nil && !seen[it.ev.Subject] {
+			seen[it.ev.Subject] = true
+			subjects = append(subjects, it.ev.Subject)
+		}
+	}
+	if len(subjects) == 0 {
+		return nil
+	}
+	st, err := load(t.ctx, t.tx, subjects)
+	if err != nil {
+		return fmt.Errorf("loading the batch state: %w", err)
+	}
+	t.state = st
+	return nil
+}
+
 // call runs it's handler. A failure of the record is returned as a
 // recordFailure; any other error as it is.
 func (t *txn) call(it *item) error {
-	m := &emitter{group: t.w.r.g.name, cause: &it.ev}
+	m := &scope{group: t.w.r.g.name, cause: &it.ev, state: t.state}
 	err := call(t.ctx, it.handle, t.tx, &it.ev, it.rec, m)
 	if err == nil && t.strict {
 		err = t.tx.Flush(t.ctx)
@@ -276,7 +306,7 @@ func (t *txn) flush(it *item) error {
 
 // call runs a handler, turning a panic into a permanent failure: a bug on
 // one record must not crash the member or stall the partition.
-func call(ctx context.Context, h handler, tx Tx, ev *envelope.Event, rec *kgo.Record, m *emitter) (err error) {
+func call(ctx context.Context, h handler, tx Tx, ev *envelope.Event, rec *kgo.Record, m *scope) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = Permanent(fmt.Errorf("panic: %v\n%s", p, debug.Stack()))

@@ -73,8 +73,13 @@ type Event[T any] struct {
 	Topic     string
 	Partition int32
 	Offset    int64
-	emits     *emitter
+	scope     *scope
 }
+
+// BatchState returns what the group's batch-state loader (see
+// Group.BatchState) returned for the batch e is applied in, or nil for a
+// group without one.
+func (e Event[T]) BatchState() any { return e.scope.state }
 
 // Emit writes an event that e caused to the outbox, in the transaction
 // that applies e: it is published if that transaction commits, after the
@@ -97,17 +102,19 @@ func (e Event[T]) Emit(typ, subject string, sequence int64, payload any) error {
 	if err != nil {
 		return Permanent(fmt.Errorf("emitting %s: encoding the payload: %w", typ, err))
 	}
-	return e.emits.emit(typ, subject, sequence, data)
+	return e.scope.emit(typ, subject, sequence, data)
 }
 
-// emitter collects what a handler emits for one event.
-type emitter struct {
+// scope is what one handler call sees beyond its event: the batch's state,
+// and what it emits.
+type scope struct {
 	group string
 	cause *envelope.Event
+	state any
 	out   []envelope.Event
 }
 
-func (m *emitter) emit(typ, subject string, sequence int64, data []byte) error {
+func (m *scope) emit(typ, subject string, sequence int64, data []byte) error {
 	ev := envelope.Event{
 		ID:            envelope.DerivedID(m.cause.Time, m.group, m.cause.ID.String(), strconv.Itoa(len(m.out))),
 		Type:          typ,
@@ -155,9 +162,8 @@ func Permanent(err error) error { return fmt.Errorf("%w: %w", ErrPermanent, err)
 // Environmental wraps err as an environmental error.
 func Environmental(err error) error { return fmt.Errorf("%w: %w", ErrEnvironmental, err) }
 
-// handler applies one decoded, validated event, read at rec, and emits
-// through m.
-type handler func(ctx context.Context, tx Tx, ev *envelope.Event, rec *kgo.Record, m *emitter) error
+// handler applies one decoded, validated event, read at rec, in scope m.
+type handler func(ctx context.Context, tx Tx, ev *envelope.Event, rec *kgo.Record, m *scope) error
 
 // Group declares a consumer group: its name, the topics it reads and what
 // it does with each event type.
@@ -167,6 +173,7 @@ type Group struct {
 	handlers  map[string]handler
 	unordered bool
 	tables    []string // its projections, parents first (Projections)
+	load      func(ctx context.Context, tx Tx, subjects []string) (any, error)
 }
 
 // NewGroup declares the group name reading topics. Its Kafka group id is
@@ -184,6 +191,23 @@ func (g *Group) Name() string { return g.name }
 // through retries by parking the key. It returns g.
 func (g *Group) Unordered() *Group {
 	g.unordered = true
+	return g
+}
+
+// BatchState declares state the group's handlers share within a batch:
+// before they run on a batch, load is called once, in the batch's
+// transaction, with the subjects (aggregate ids, each once, in order) of
+// the events they are about to receive, and what it returns is
+// Event.BatchState for each of them. A group that reads a row per
+// aggregate reads them all in one query so, instead of one a record.
+//
+// Handlers may change the state as they apply events (a later event of
+// the same aggregate in the batch sees the change); it lives as long as
+// the transaction: a batch that is run again (after a failure) loads it
+// afresh. An error of load is taken for the database's: the batch is
+// retried in place, with back-off. It returns g.
+func (g *Group) BatchState(load func(ctx context.Context, tx Tx, subjects []string) (any, error)) *Group {
+	g.load = load
 	return g
 }
 
@@ -206,8 +230,8 @@ func Handle[T any](g *Group, typ string, fn func(context.Context, Tx, Event[T]) 
 	if _, dup := g.handlers[typ]; dup {
 		panic(fmt.Sprintf("consumer: group %s handles %s twice", g.name, typ))
 	}
-	g.handlers[typ] = func(ctx context.Context, tx Tx, ev *envelope.Event, rec *kgo.Record, m *emitter) error {
-		e := Event[T]{Event: *ev, Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, emits: m}
+	g.handlers[typ] = func(ctx context.Context, tx Tx, ev *envelope.Event, rec *kgo.Record, m *scope) error {
+		e := Event[T]{Event: *ev, Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, scope: m}
 		if err := json.Unmarshal(ev.Data, &e.Payload); err != nil {
 			return Permanent(fmt.Errorf("decoding the %s payload: %w", typ, err))
 		}

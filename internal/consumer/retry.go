@@ -128,6 +128,9 @@ func (w *worker) applyRetry(batch []queued, failed map[origin]failure, strict bo
 		}
 	}
 
+	if err := t.loadState(items); err != nil {
+		return err
+	}
 	held := map[string]bool{}
 	for i := range items {
 		it := &items[i]

@@ -44,6 +44,27 @@ func Of(t time.Time) Date {
 // New returns the date y-m-d, normalising out-of-range values as time.Date does.
 func New(y int, m time.Month, d int) Date { return Date{time.Date(y, m, d, 0, 0, 0, 0, time.UTC)} }
 
+// FromDays returns the date n days after 1970-01-01 (before it for n < 0).
+func FromDays(n int) Date { return Date{time.Unix(int64(n)*86400, 0).UTC()} }
+
+// Days returns the number of days from 1970-01-01 to d.
+func (d Date) Days() int { return int(d.t.Unix() / 86400) }
+
+// AddDays returns the date n days after d.
+func (d Date) AddDays(n int) Date { return Date{d.t.AddDate(0, 0, n)} }
+
+// YMD returns d's year, month and day of the month.
+func (d Date) YMD() (int, time.Month, int) { return d.t.Date() }
+
+// MonthStart returns the first day of d's month.
+func (d Date) MonthStart() Date {
+	y, m, _ := d.t.Date()
+	return New(y, m, 1)
+}
+
+// Time returns midnight UTC of d.
+func (d Date) Time() time.Time { return d.t }
+
 func (d Date) String() string               { return d.t.Format(layout) }
 func (d Date) IsZero() bool                 { return d.t.IsZero() }
 func (d Date) Before(o Date) bool           { return d.t.Before(o.t) }
