@@ -60,23 +60,21 @@ type paymentRec struct {
 // addVersion adds v unless the history holds its sequence already, and
 // reports whether it did.
 func (h *history) addVersion(v version) bool {
-	i, found := slices.BinarySearchFunc(h.Versions, v.Seq, func(x version, s int64) int { return cmp.Compare(x.Seq, s) })
-	if found {
-		return false
-	}
-	h.Versions = slices.Insert(h.Versions, i, v)
-	return true
+	return insertBySeq(&h.Versions, v, func(v version) int64 { return v.Seq })
 }
 
 // addPayment adds p unless the history holds its sequence already, and
 // reports whether it did.
 func (h *history) addPayment(p paymentRec) bool {
-	i, found := slices.BinarySearchFunc(h.Payments, p.Seq, func(x paymentRec, s int64) int { return cmp.Compare(x.Seq, s) })
-	if found {
-		return false
+	return insertBySeq(&h.Payments, p, func(p paymentRec) int64 { return p.Seq })
+}
+
+func insertBySeq[T any](xs *[]T, x T, seqOf func(T) int64) bool {
+	i, found := slices.BinarySearchFunc(*xs, seqOf(x), func(y T, s int64) int { return cmp.Compare(seqOf(y), s) })
+	if !found {
+		*xs = slices.Insert(*xs, i, x)
 	}
-	h.Payments = slices.Insert(h.Payments, i, p)
-	return true
+	return !found
 }
 
 // final reports whether a status ends an invoice.

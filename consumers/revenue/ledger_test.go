@@ -217,7 +217,7 @@ func TestMulDivRoundAtTheEdges(t *testing.T) {
 	for _, c := range []struct{ a, b, c, want int64 }{
 		{10, 1, 3, 3}, {10, 2, 3, 7}, {-10, 2, 3, -7}, {1, 1, 2, 1}, {-1, 1, 2, -1}, {5, 0, 9, 0},
 		{math.MaxInt64, 1, 1, math.MaxInt64},
-		{math.MaxInt64, 3, 7, 3952873730080618203},        // exact: 3952873730080618203.0
+		{math.MaxInt64, 3, 7, 3952873730080618203},                 // exact: 3952873730080618203.0
 		{9_000_000_000_000_000_000, 365, 366, 8975409836065573770}, // 8975409836065573770.49…
 	} {
 		if got := mulDivRound(c.a, c.b, c.c); got != c.want {
