@@ -64,28 +64,21 @@ func once(total int64) lineTerms { return lineTerms{Net: total} }
 func days(rows map[string]*row, from, to string) []int64 {
 	var out []int64
 	for day := d(from); !d(to).Before(day); day = day.AddDays(1) {
-		out = append(out, recognizedThrough(rows, day)-recognizedThrough(rows, day.AddDays(-1)))
+		out = append(out, recognizedThroughAll(rows, day)-recognizedThroughAll(rows, day.AddDays(-1)))
 	}
 	return out
 }
 
-// recognizedThrough sums the accrual recognized rows through day, cutting
-// a month's row at the day as a report does.
-func recognizedThrough(rows map[string]*row, day date.Date) int64 {
-	var sum int64
+// recognizedThroughAll sums the accrual recognized rows of every currency
+// through day, cutting a month's row at the day as a report does.
+func recognizedThroughAll(rows map[string]*row, day date.Date) int64 {
+	var rs []*row
 	for _, r := range rows {
-		if r.Basis != Accrual || r.Kind != KindRecognized {
-			continue
-		}
-		switch ms := r.Start.MonthStart(); {
-		case !day.Before(nextMonth(ms)):
-			sum += r.Revenue
-		case !day.Before(ms):
-			_, _, dom := day.YMD()
-			sum += r.Cum[dom-1]
+		if r.Basis == Accrual && r.Kind == KindRecognized {
+			rs = append(rs, r)
 		}
 	}
-	return sum
+	return recognizedThrough(rs, day)
 }
 
 // byMonth returns the accrual recognized rows' amounts by month.
@@ -210,7 +203,7 @@ func deferredThrough(rows map[string]*row, day date.Date) int64 {
 			sum += r.Deferred
 		}
 	}
-	return sum - recognizedThrough(rows, day)
+	return sum - recognizedThroughAll(rows, day)
 }
 
 func TestMulDivRoundAtTheEdges(t *testing.T) {

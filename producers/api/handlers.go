@@ -80,8 +80,11 @@ func (a *API) routes() map[string]http.HandlerFunc {
 		"GET /v1/revenue/invoices/{id}": a.read(func(ctx context.Context, id string) (any, error) {
 			return revenue.GetInvoice(ctx, a.pool, id)
 		}),
-		"GET /v1/dlq":      a.listParked,
-		"GET /v1/dlq/{id}": a.showParked,
+		"GET /v1/revenue/invoices/{id}/schedule": a.schedule,
+		"GET /v1/revenue/waterfall":              a.waterfall,
+		"GET /v1/revenue/deferred":               a.deferred,
+		"GET /v1/dlq":                            a.listParked,
+		"GET /v1/dlq/{id}":                       a.showParked,
 		"POST /v1/dlq/replay": a.actOnParked("replayed", true, func(ctx context.Context, f consumer.Filter, edited []byte, act consumer.Action) (int, error) {
 			return consumer.Replay(ctx, a.pool, f, edited, act)
 		}),

@@ -39,19 +39,19 @@ CREATE TABLE revenue_entries (
     PRIMARY KEY (invoice_id, basis, kind, key)
 );
 
-CREATE INDEX revenue_entries_report ON revenue_entries (currency, basis, entry_date);
+CREATE INDEX revenue_entries_report ON revenue_entries (currency, basis, start_date);
 
 -- What the revenue announcer (the scheduler's job) has announced of each
 -- invoice's recognition in a currency, in tally.revenue.recognized.v1
 -- events: the days through `through`, amounting to `announced`, when the
--- ledger was at `version`. Written by the announcer alone, and not a
+-- ledger was at `version` (0: not looked at yet). Written by the announcer alone, and not a
 -- projection of the revenue group: a rebuild of the group leaves it, so
 -- nothing is announced twice.
 CREATE TABLE revenue_announcements (
     invoice_id text        NOT NULL,
     currency   text        NOT NULL,
-    through    date        NOT NULL,
-    last_day   date        NOT NULL, -- the last day of recognition the ledger had at version
+    through    date,                 -- NULL: nothing announced yet
+    last_day   date,                 -- the last day of recognition the ledger had at version
     announced  bigint      NOT NULL,
     version    bigint      NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
