@@ -37,6 +37,9 @@ const (
 	rVoid           = "/v1/invoices/{id}/void"
 	rInvoiceEvents  = "/v1/invoices/{id}/events"
 	rRevenueInvoice = "/v1/revenue/invoices/{id}"
+	rSchedule       = "/v1/revenue/invoices/{id}/schedule"
+	rWaterfall      = "/v1/revenue/waterfall"
+	rDeferred       = "/v1/revenue/deferred"
 	rDLQ            = "/v1/dlq"
 	rParked         = "/v1/dlq/{id}"
 	rReplay         = "/v1/dlq/replay"
@@ -533,6 +536,9 @@ func everyOperation() []request {
 		{"POST", rVoid, invoicePath("i1", "/void"), nil},
 		{"GET", rInvoiceEvents, invoicePath("i1", "/events"), nil},
 		{"GET", rRevenueInvoice, "/v1/revenue/invoices/i1", nil},
+		{"GET", rSchedule, "/v1/revenue/invoices/i1/schedule", nil},
+		{"GET", rWaterfall, rWaterfall + "?currency=USD&from=2025-01&to=2025-12", nil},
+		{"GET", rDeferred, rDeferred + "?currency=USD", nil},
 		{"GET", rDLQ, rDLQ, nil},
 		{"GET", rParked, "/v1/dlq/1", nil},
 		{"POST", rReplay, rReplay, obj{"actor": "ops", "ids": []int{1}}},
@@ -567,6 +573,7 @@ func TestOpenAPIDescribesEveryResponse(t *testing.T) {
 		t.Run("invoices", testInvoices)
 		t.Run("trail", testTrail)
 		t.Run("revenue projection", testRevenueProjection)
+		t.Run("revenue reports", testRevenueReports)
 		t.Run("dead-letter queue", testDLQ)
 		t.Run("idempotency", testIdempotency)
 		t.Run("unreadable requests", testUnreadable)
@@ -603,6 +610,83 @@ func testRevenueProjection(t *testing.T) {
 		t.Errorf("projection read as %+v", got)
 	}
 	expectProblem(t, s.call(t, "GET", rRevenueInvoice, "/v1/revenue/invoices/nope", nil), http.StatusNotFound, api.ProblemNotFound)
+}
+
+// testRevenueReports reads the ledger's reports of an invoice whose
+// history is written here directly: the ledger itself is tested in
+// consumers/revenue.
+func testRevenueReports(t *testing.T) {
+	t.Parallel()
+	s := newServer(t, defaultConfig)
+	_, err := s.pool.Exec(context.Background(), `INSERT INTO revenue_ledger (invoice_id, customer_id, history, version, last_sequence)
+		VALUES ('i1', 'c1', '{"customer_id":"c1","payments":[],"versions":[{"seq":1,"event_id":"e1","status":"open","effective":"2025-01-01",
+		"terms":{"currency":"USD","issued":"2025-01-01","net":36500,"total":36500,"lines":[{"net":36500,"start":"2025-01-01","end":"2025-12-31"}]}}]}', 1, 1)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sched revenue.Schedule
+	if r := s.call(t, "GET", rSchedule, "/v1/revenue/invoices/i1/schedule?granularity=month", nil); expect(t, r, http.StatusOK) {
+		r.decode(t, &sched)
+	}
+	if len(sched.Entries) != 12 || sched.Entries[0].Period != "2025-01" || sched.Entries[0].Amount != 3100 || sched.Entries[1].Amount != 2800 {
+		t.Errorf("the schedule of 365.00 over 2025 is %+v; want 12 months from 3100, 2800", sched.Entries)
+	}
+	if r := s.call(t, "GET", rSchedule, "/v1/revenue/invoices/i1/schedule?granularity=day&basis=cash", nil); expect(t, r, http.StatusOK) {
+		r.decode(t, &sched)
+	}
+	if len(sched.Entries) != 0 {
+		t.Errorf("an unpaid invoice recognizes %+v on the cash basis; want nothing", sched.Entries)
+	}
+	expectProblem(t, s.call(t, "GET", rSchedule, "/v1/revenue/invoices/nope/schedule", nil), http.StatusNotFound, api.ProblemNotFound)
+	if p := expectProblem(t, s.call(t, "GET", rSchedule, "/v1/revenue/invoices/i1/schedule?granularity=week&basis=x", nil),
+		http.StatusUnprocessableEntity, api.ProblemValidation); !slices.Equal(fields(p), []string{"basis", "granularity"}) {
+		t.Errorf("invalid fields %v, want basis and granularity", fields(p))
+	}
+
+	var wf revenue.Waterfall
+	if r := s.call(t, "GET", rWaterfall, rWaterfall+"?currency=USD&from=2024-12&to=2025-02&basis=accrual", nil); expect(t, r, http.StatusOK) {
+		r.decode(t, &wf)
+	}
+	if len(wf.Months) != 3 || wf.Months[0].Month.String() != "2024-12" {
+		t.Errorf("the waterfall of 2024-12..2025-02 has months %+v", wf.Months)
+	}
+	for _, c := range []struct {
+		query  string
+		fields []string
+	}{
+		{"", []string{"currency", "from", "to"}},
+		{"?currency=usd&from=2025-13&to=2025", []string{"currency", "from", "to"}},
+		{"?currency=USD&from=2025-03&to=2025-02", []string{"to"}},
+		{"?currency=USD&from=2000-01&to=2025-02", []string{"to"}},
+		{"?currency=USD&currency=EUR&from=2025-01&to=2025-02&basis=cash&basis=accrual", []string{"basis", "currency"}},
+	} {
+		if p := expectProblem(t, s.call(t, "GET", rWaterfall, rWaterfall+c.query, nil), http.StatusUnprocessableEntity,
+			api.ProblemValidation); !slices.Equal(fields(p), c.fields) {
+			t.Errorf("waterfall%s: invalid fields %v, want %v", c.query, fields(p), c.fields)
+		}
+	}
+
+	var def revenue.DeferredReport
+	if r := s.call(t, "GET", rDeferred, rDeferred+"?currency=USD&as_of=2025-01-31&from=2025-01-01&to=2025-01-31", nil); expect(t, r, http.StatusOK) {
+		r.decode(t, &def)
+	}
+	if def.AsOf.String() != "2025-01-31" || !def.RollForward.Balanced {
+		t.Errorf("deferred report %+v; want as of 2025-01-31, balanced", def)
+	}
+	for _, c := range []struct {
+		query  string
+		fields []string
+	}{
+		{"?as_of=2025-01-31", []string{"currency"}},
+		{"?currency=USD&as_of=31/01/2025", []string{"as_of"}},
+		{"?currency=USD&from=2025-02-01&to=2025-01-01", []string{"to"}},
+		{"?currency=USD&basis=cash", []string{"basis"}},
+	} {
+		if p := expectProblem(t, s.call(t, "GET", rDeferred, rDeferred+c.query, nil), http.StatusUnprocessableEntity,
+			api.ProblemValidation); !slices.Equal(fields(p), c.fields) {
+			t.Errorf("deferred%s: invalid fields %v, want %v", c.query, fields(p), c.fields)
+		}
+	}
 }
 
 func testCustomers(t *testing.T) {
@@ -1140,7 +1224,8 @@ func testBroken(t *testing.T) {
 	pool, _ := testenv.Pool(t)
 	if _, err := pool.Exec(context.Background(),
 		`ALTER TABLE customers RENAME TO customers_gone; ALTER TABLE invoices RENAME TO invoices_gone;
-		 ALTER TABLE revenue_invoices RENAME TO revenue_invoices_gone; ALTER TABLE consumer_parked RENAME TO consumer_parked_gone`); err != nil {
+		 ALTER TABLE revenue_invoices RENAME TO revenue_invoices_gone; ALTER TABLE revenue_ledger RENAME TO revenue_ledger_gone;
+		 ALTER TABLE revenue_entries RENAME TO revenue_entries_gone; ALTER TABLE consumer_parked RENAME TO consumer_parked_gone`); err != nil {
 		t.Fatal(err)
 	}
 	s := serve(t, pool, defaultConfig)

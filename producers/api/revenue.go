@@ -23,21 +23,25 @@ type query struct {
 	errs fieldErrors
 }
 
-// one returns parameter name, or def when it is absent.
-func (q *query) one(name, def string) string {
+// one returns parameter name, or def when it is absent. A parameter given
+// twice is an error, reported once; ok is false then.
+func (q *query) one(name, def string) (v string, ok bool) {
 	vs := q.q[name]
 	switch len(vs) {
 	case 0:
-		return def
+		return def, true
 	case 1:
-		return vs[0]
+		return vs[0], true
 	}
 	q.errs.add(name, "must be given at most once")
-	return def
+	return def, false
 }
 
 func (q *query) currency() string {
-	v := q.one("currency", "")
+	v, ok := q.one("currency", "")
+	if !ok {
+		return ""
+	}
 	if v == "" {
 		q.errs.add("currency", "required: an ISO 4217 code such as USD")
 		return ""
@@ -49,15 +53,15 @@ func (q *query) currency() string {
 }
 
 func (q *query) basis() string {
-	v := q.one("basis", revenue.Accrual)
-	if v != revenue.Accrual && v != revenue.Cash {
+	v, ok := q.one("basis", revenue.Accrual)
+	if ok && v != revenue.Accrual && v != revenue.Cash {
 		q.errs.add("basis", "must be accrual or cash")
 	}
 	return v
 }
 
 func (q *query) date(name string, def date.Date) date.Date {
-	v := q.one(name, "")
+	v, _ := q.one(name, "")
 	if v == "" {
 		return def
 	}
@@ -69,7 +73,10 @@ func (q *query) date(name string, def date.Date) date.Date {
 }
 
 func (q *query) month(name string) revenue.Month {
-	v := q.one(name, "")
+	v, ok := q.one(name, "")
+	if !ok {
+		return revenue.Month{}
+	}
 	if v == "" {
 		q.errs.add(name, "required: a month, YYYY-MM")
 		return revenue.Month{}
@@ -142,8 +149,8 @@ func (a *API) deferred(w http.ResponseWriter, r *http.Request) {
 func (a *API) schedule(w http.ResponseWriter, r *http.Request) {
 	q := &query{q: r.URL.Query()}
 	basis := q.basis()
-	granularity := q.one("granularity", "month")
-	if granularity != "day" && granularity != "month" {
+	granularity, ok := q.one("granularity", "month")
+	if ok && granularity != "day" && granularity != "month" {
 		q.errs.add("granularity", "must be day or month")
 	}
 	if q.errs.answer(w, r) {
