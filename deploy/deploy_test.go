@@ -52,6 +52,7 @@ import (
 	"github.com/tally-dev/tally/internal/consumer"
 	"github.com/tally-dev/tally/internal/observe"
 	"github.com/tally-dev/tally/producers/relay"
+	"github.com/tally-dev/tally/producers/scheduler"
 	"github.com/tally-dev/tally/topics"
 )
 
@@ -236,6 +237,11 @@ func exportedMetrics(t *testing.T) metricSet {
 		t.Fatal(err)
 	}
 
+	// The scheduler, as `tally scheduler` builds it.
+	if _, err := scheduler.New(scheduler.Tasks(pool), scheduler.WithRegisterer(rec)); err != nil {
+		t.Fatal(err)
+	}
+
 	// A member of a consumer group, as `tally consume revenue` builds it
 	// (internal/cli startConsumer), with its own kprom instance as in that
 	// process. Every group exports the same names, told apart by the const
@@ -255,7 +261,7 @@ func exportedMetrics(t *testing.T) metricSet {
 	// Prometheus' own per-target series.
 	rec.metrics["up"] = map[string]bool{}
 
-	for _, want := range []string{"tally_build_info", "tally_http_requests_total", "tally_relay_owned_shards",
+	for _, want := range []string{"tally_build_info", "tally_http_requests_total", "tally_relay_owned_shards", "tally_scheduler_runs_total",
 		"tally_consumer_records_total", kafkaNamespace + "_produce_bytes_total", kafkaNamespace + "_fetch_bytes_total"} {
 		if _, ok := rec.metrics[want]; !ok {
 			t.Fatalf("collecting metric names found no %s (found %d names): the test's collector wiring is out of date", want, len(rec.metrics))
@@ -340,7 +346,7 @@ func knownCommands(t *testing.T) map[string]bool {
 			in = len(cmds) == 0
 		}
 	}
-	for _, c := range []string{"api", "relay", "consume", "migrate", "topics"} {
+	for _, c := range []string{"api", "relay", "scheduler", "consume", "migrate", "topics"} {
 		if !cmds[c] {
 			t.Fatalf("tally help does not list %q; usage was:\n%s", c, help)
 		}
@@ -943,7 +949,7 @@ func TestCompose(t *testing.T) {
 	if c.doc.get("name") != nil {
 		t.Errorf("docker-compose.yml: a top-level name: is rejected by docker-compose 1.29")
 	}
-	for _, s := range []string{"kafka", "postgres", "migrate", "topics", "api", "relay", "prometheus", "grafana"} {
+	for _, s := range []string{"kafka", "postgres", "migrate", "topics", "api", "relay", "scheduler", "prometheus", "grafana"} {
 		if c.services[s] == nil {
 			t.Errorf("docker-compose.yml: no service %s", s)
 		}
@@ -1021,7 +1027,7 @@ func TestCompose(t *testing.T) {
 			}
 		}
 	}
-	want := []string{"migrate", "topics apply", "api", "relay"}
+	want := []string{"migrate", "topics apply", "api", "relay", "scheduler"}
 	for _, g := range sortedKeys(groups) {
 		want = append(want, "consume "+g)
 	}
@@ -1244,7 +1250,7 @@ func TestKubernetes(t *testing.T) {
 		if v := env["TALLY_SHUTDOWN_TIMEOUT"]; v != "" && v != baseEnv["TALLY_SHUTDOWN_TIMEOUT"] {
 			t.Errorf("%s: overrides TALLY_SHUTDOWN_TIMEOUT; the grace periods are checked against the base's", dir)
 		}
-		for _, cmd := range []string{"api", "relay", "consume", "migrate", "topics"} {
+		for _, cmd := range []string{"api", "relay", "scheduler", "consume", "migrate", "topics"} {
 			if err := envAccepted(cmd, env); err != nil {
 				t.Errorf("%s: the ConfigMap's settings: %v", dir, err)
 			}
@@ -1369,7 +1375,7 @@ func TestKubernetes(t *testing.T) {
 			}
 		}
 	}
-	want := []string{"migrate", "topics apply", "api", "relay"}
+	want := []string{"migrate", "topics apply", "api", "relay", "scheduler"}
 	for _, g := range sortedKeys(groups) {
 		want = append(want, "consume "+g)
 	}
@@ -1380,7 +1386,7 @@ func TestKubernetes(t *testing.T) {
 	}
 	checkScaledObjects(t, deployments, consumes, scaledObjects)
 	checkBrokerReplacements(t)
-	for _, d := range []string{"tally-api", "tally-relay"} {
+	for _, d := range []string{"tally-api", "tally-relay", "tally-scheduler"} {
 		if deployments[d] == nil {
 			t.Errorf("no Deployment %s in deploy/k8s/base", d)
 			continue

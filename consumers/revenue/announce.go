@@ -74,7 +74,9 @@ func dueInvoices(ctx context.Context, pool *pgxpool.Pool, today date.Date, n int
 			WHERE NOT EXISTS (SELECT 1 FROM revenue_announcements a WHERE a.invoice_id = l.invoice_id)
 			UNION
 			SELECT a.invoice_id FROM revenue_announcements a JOIN revenue_ledger l USING (invoice_id)
-			WHERE a.version <> l.version OR (a.through < a.last_day AND a.through < $1)
+			WHERE a.version <> l.version
+			UNION
+			SELECT invoice_id FROM revenue_announcements WHERE next_day <= $1
 		) due
 		WHERE invoice_id > $3
 		ORDER BY invoice_id LIMIT $2`, today, n, after)
@@ -242,12 +244,17 @@ func announceBatch(ctx context.Context, pool *pgxpool.Pool, ids []string, today 
 			a.announced += r.Amount
 			through = &to
 		}
-		var lastDay *date.Date
-		if ok {
-			lastDay = &last
+		var next *date.Date
+		switch {
+		case !ok:
+		case through == nil:
+			next = &first
+		case through.Before(last):
+			n := through.AddDays(1)
+			next = &n
 		}
-		b.Queue(`UPDATE revenue_announcements SET through = $3, last_day = $4, announced = $5, version = $6, updated_at = now()
-			WHERE invoice_id = $1 AND currency = $2`, k.id, k.currency, through, lastDay, a.announced, v.version)
+		b.Queue(`UPDATE revenue_announcements SET through = $3, next_day = $4, announced = $5, version = $6, updated_at = now()
+			WHERE invoice_id = $1 AND currency = $2`, k.id, k.currency, through, next, a.announced, v.version)
 	}
 	outbox.QueueChecked(&b, evs...)
 	if err := tx.SendBatch(ctx, &b).Close(); err != nil {

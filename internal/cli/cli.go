@@ -37,6 +37,7 @@ func commands() []command {
 		{"dev", "run everything in one process with an embedded Kafka broker", runDev, nil},
 		{"api", "serve the HTTP API", runAPI, nil},
 		{"relay", "publish the outbox to Kafka", runRelay, nil},
+		{"scheduler", "produce the time-driven events (the daily revenue recognition)", runScheduler, schedulerFlags},
 		{"consume", "consume <group>: run a member of a consumer group (" + groupNames() + ")", runConsume, nil},
 		{"migrate", "apply the database migrations", runMigrate, nil},
 		{"replay", "replay <group>: rebuild a group's projections from its topics and swap them in", runReplay, replayFlags},

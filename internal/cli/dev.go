@@ -15,7 +15,8 @@ import (
 
 // runDev runs Tally on its embedded default: it creates and migrates the
 // database, starts the embedded broker, applies the topics, and runs the
-// API, the relay and a member of every consumer group in one process.
+// API, the relay, the scheduler and a member of every consumer group in one
+// process.
 func runDev(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) error {
 	if err := noArgs(e.Args); err != nil {
 		return err
@@ -49,6 +50,9 @@ func runDev(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) err
 		if err := startRelay(p, brokers); err != nil {
 			return nil, err
 		}
+		if err := startScheduler(p); err != nil {
+			return nil, err
+		}
 		for name := range groups {
 			if err := startConsumer(p, name, brokers); err != nil {
 				return nil, err
@@ -60,8 +64,9 @@ func runDev(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) err
   Kafka       %[2]s   (embedded kfake broker, data in %[3]s)
   PostgreSQL  %[4]s
   Consumers   %[5]s   (e.g. the revenue projection at /v1/revenue/invoices/{id})
+  Scheduler   every %[6]s   (the daily revenue recognition; reports at /v1/revenue/waterfall)
   Watch the events:  kcat -b %[2]s -C -t tally.invoices.v1 -f '%%k %%h %%s\n'
-`, cfg.HTTPAddr, brokers[0], kafkaDir, redactURL(cfg.DatabaseURL), groupNames())
+`, cfg.HTTPAddr, brokers[0], kafkaDir, redactURL(cfg.DatabaseURL), groupNames(), cfg.SchedulerInterval)
 		return h, nil
 	})
 }

@@ -65,6 +65,8 @@ func startDev(t *testing.T) *dev {
 		"TALLY_DEV_KAFKA_ADDR": d.kafka,
 		"TALLY_DATA_DIR":       t.TempDir(),
 		"TALLY_LOG_LEVEL":      "warn",
+		// The scheduler's first run is before any invoice exists.
+		"TALLY_SCHEDULER_INTERVAL": "1s",
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	status := make(chan int, 1)
@@ -236,6 +238,46 @@ func TestDevRunsTheWholePipeline(t *testing.T) {
 			t.Fatalf("the revenue projection of inv-a did not reach version 5: %v", proj)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+
+	// tally dev runs the scheduler: the days of inv-a's service period,
+	// all past, are announced on tally.revenue.v1, net of the discount, by
+	// the revenue ledger's recognition, once.
+	rcl := testenv.Client(t, []string{d.kafka}, kgo.ConsumeTopics("tally.revenue.v1"))
+	rctx, rcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer rcancel()
+	recognized := map[string]int64{}
+	for recognized["inv-a"] < 9000 {
+		fs := rcl.PollFetches(rctx)
+		if rctx.Err() != nil {
+			t.Fatalf("the scheduler announced %v of inv-a's 9000 within 20 s", recognized)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			e, err := envelope.Decode(r)
+			if err != nil {
+				t.Fatalf("record %s/%d@%d does not decode: %v", r.Topic, r.Partition, r.Offset, err)
+			}
+			if e.Type != "tally.revenue.recognized.v1" {
+				return
+			}
+			var p struct{ Amount int64 }
+			if err := json.Unmarshal(e.Data, &p); err != nil {
+				t.Fatal(err)
+			}
+			recognized[e.Subject] += p.Amount
+			if e.Source != "/tally/scheduler/revenue" {
+				t.Errorf("recognized revenue comes from %q, not the scheduler", e.Source)
+			}
+		})
+	}
+	if recognized["inv-a"] != 9000 {
+		t.Errorf("the scheduler announced %d recognized for inv-a; want 10000 less the 1000 discount", recognized["inv-a"])
+	}
+	// inv-b and inv-c recognized their service days too; their void and
+	// delete reverse that today, in this month.
+	wf := d.call(t, "GET", "/v1/revenue/waterfall?currency=USD&from=2025-01&to="+time.Now().UTC().Format("2006-01"), nil, 200)
+	if total := wf["total"].(map[string]any); total["recognized"] != 29000.0 || total["reversed"] != -20000.0 || total["net"] != 9000.0 {
+		t.Errorf("the waterfall from 2025 through this month totals %v; want 29000 recognized (9000 + 2 × 10000), 20000 reversed (inv-b voided, inv-c deleted), 9000 net", total)
 	}
 
 	if path, err := exec.LookPath("kcat"); err == nil {

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -26,6 +27,7 @@ import (
 	"github.com/tally-dev/tally/internal/postgres"
 	"github.com/tally-dev/tally/producers/api"
 	"github.com/tally-dev/tally/producers/relay"
+	"github.com/tally-dev/tally/producers/scheduler"
 	"github.com/tally-dev/tally/topics"
 )
 
@@ -175,6 +177,55 @@ func startRelay(p *process, brokers []string) error {
 	})
 	p.goRun("relay", r.Run)
 	return nil
+}
+
+// startScheduler starts the scheduler of time-driven events.
+func startScheduler(p *process) error {
+	s, err := newScheduler(p.pool, p.cfg, p.log, p.reg, p.notifier().Notify)
+	if err != nil {
+		return err
+	}
+	p.goRun("scheduler", s.Run)
+	return nil
+}
+
+func newScheduler(pool *pgxpool.Pool, cfg config.Config, log *slog.Logger, reg prometheus.Registerer, notify func()) (*scheduler.Scheduler, error) {
+	return scheduler.New(scheduler.Tasks(pool),
+		scheduler.WithInterval(cfg.SchedulerInterval),
+		scheduler.WithLogger(log.With("component", "scheduler")),
+		scheduler.WithRegisterer(reg),
+		scheduler.WithNotify(notify))
+}
+
+// schedulerOnce is tally scheduler's -once.
+var schedulerOnce bool
+
+func schedulerFlags(fs *flag.FlagSet) {
+	fs.BoolVar(&schedulerOnce, "once", false, "run each task once and exit (status 1 if one failed), e.g. from cron, instead of serving")
+}
+
+// runScheduler is `tally scheduler [-once]`.
+func runScheduler(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) error {
+	if err := noArgs(e.Args); err != nil {
+		return err
+	}
+	if schedulerOnce {
+		pool, err := postgres.Open(ctx, cfg.DatabaseURL)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		// The relay finds the events at its next poll.
+		s, err := newScheduler(pool, cfg, log, nil, func() {})
+		if err != nil {
+			return err
+		}
+		return s.Once(ctx)
+	}
+	return run(ctx, cfg, log, func(p *process) (http.Handler, error) {
+		log.Info("scheduling", "interval", cfg.SchedulerInterval, "metrics", "http://"+cfg.HTTPAddr+"/metrics")
+		return p.mux, startScheduler(p)
+	})
 }
 
 // groups are the consumer groups `tally consume` runs, by name.

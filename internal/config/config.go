@@ -55,6 +55,11 @@ type Config struct {
 	// arrives; notifications, not this, keep latency low.
 	RelayPollInterval time.Duration
 
+	// SchedulerInterval is how often the scheduler runs each time-driven
+	// job (the daily revenue recognition). A day's events are due from its
+	// first run after midnight UTC.
+	SchedulerInterval time.Duration
+
 	// RetryDelays are the delays of a consumer group's retry tiers, tier 1
 	// first; their number is the number of tiers, which tally topics apply
 	// creates and consumers use.
@@ -84,6 +89,7 @@ func Default() Config {
 		MaxBodyBytes:      1 << 20,
 		RelayBatchSize:    1000,
 		RelayPollInterval: time.Second,
+		SchedulerInterval: 30 * time.Second,
 		RetryDelays:       slices.Clone(topics.RetryDelays),
 		TopicReplication:  -1,
 		ShutdownTimeout:   20 * time.Second,
@@ -190,6 +196,9 @@ var settings = []Setting{
 	{"TALLY_RELAY_POLL_INTERVAL", "relay-poll-interval", "relay's fallback poll when no notification arrives",
 		func(c *Config) string { return c.RelayPollInterval.String() },
 		func(c *Config, v string) error { return parseDuration(v, time.Millisecond, &c.RelayPollInterval) }},
+	{"TALLY_SCHEDULER_INTERVAL", "scheduler-interval", "how often the scheduler runs each time-driven job",
+		func(c *Config) string { return c.SchedulerInterval.String() },
+		func(c *Config, v string) error { return parseDuration(v, time.Second, &c.SchedulerInterval) }},
 	{"TALLY_RETRY_DELAYS", "retry-delays", "comma-separated delays of the consumer groups' retry tiers, tier 1 first (their number is the number of tiers)",
 		func(c *Config) string {
 			ds := make([]string, len(c.RetryDelays))

@@ -51,14 +51,14 @@ CREATE TABLE revenue_announcements (
     invoice_id text        NOT NULL,
     currency   text        NOT NULL,
     through    date,                 -- NULL: nothing announced yet
-    last_day   date,                 -- the last day of recognition the ledger had at version
+    next_day   date,                 -- the first day still to announce as the ledger was at version; NULL: none
     announced  bigint      NOT NULL,
     version    bigint      NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (invoice_id, currency)
 );
 
-CREATE INDEX revenue_announcements_due ON revenue_announcements (through) WHERE through < last_day;
+CREATE INDEX revenue_announcements_due ON revenue_announcements (next_day) WHERE next_day IS NOT NULL;
 
 ---- create above / drop below ----
 
