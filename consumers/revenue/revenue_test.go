@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -241,8 +242,29 @@ func projection(t *testing.T, pool *pgxpool.Pool) []string {
 	return out
 }
 
+// ledger returns the revenue ledger as text, an invoice's history or an
+// entry a line, without updated_at.
+func ledger(t *testing.T, pool *pgxpool.Pool) []string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), `
+		SELECT concat_ws(' ', invoice_id, customer_id, version, last_sequence, history::text) FROM revenue_ledger
+		UNION ALL
+		SELECT concat_ws(' ', invoice_id, basis, kind, key, customer_id, currency, entry_date, start_date, end_date,
+			revenue, deferred, cum::text, seq, event_id) FROM revenue_entries
+		ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // A rebuild of the revenue group from the start of its topic gives back
-// the projection the live group built, whatever happened to it since.
+// the projection and the ledger the live group built, whatever happened to
+// them since.
 func TestARebuildEqualsTheLiveProjection(t *testing.T) {
 	t.Parallel()
 	p := startPipeline(t)
@@ -250,20 +272,26 @@ func TestARebuildEqualsTheLiveProjection(t *testing.T) {
 	for i := range 8 {
 		id := fmt.Sprintf("inv%d", i)
 		p.call(t, "POST", "/v1/invoices", map[string]any{"id": id, "customer_id": "c1", "currency": "EUR",
-			"issued_at": "2026-01-01", "due_at": "2026-01-31", "lines": []map[string]any{{"description": "work", "amount": 1000 * (i + 1)}}}, 201, nil)
+			"issued_at": "2026-01-01", "due_at": "2026-01-31", "lines": []map[string]any{{"description": "work", "amount": 1000 * (i + 1),
+				"service_period": map[string]any{"start": "2026-01-01", "end": fmt.Sprintf("2026-%02d-28", i+1)}}}}, 201, nil)
+		if i%2 == 0 {
+			p.call(t, "PATCH", "/v1/invoices/"+id, map[string]any{"discount": 100 * i, "tax": 50}, 200, nil)
+		}
 		switch i % 4 {
 		case 1:
 			p.call(t, "POST", "/v1/invoices/"+id+"/payments", map[string]any{"amount": 400, "paid_at": "2026-01-05"}, 201, nil)
 		case 2:
-			p.call(t, "POST", "/v1/invoices/"+id+"/payments", map[string]any{"amount": 1000 * (i + 1), "paid_at": "2026-01-06"}, 201, nil)
+			p.call(t, "POST", "/v1/invoices/"+id+"/payments", map[string]any{"amount": 1000*(i+1) - 100*i + 50, "paid_at": "2026-01-06"}, 201, nil)
 		case 3:
 			p.call(t, "POST", "/v1/invoices/"+id+"/void", nil, 200, nil)
 		}
 		p.caughtUp(t, id, "its changes")
 	}
-	live := projection(t, p.pool)
+	live, liveLedger := projection(t, p.pool), ledger(t, p.pool)
 	if _, err := p.pool.Exec(context.Background(), `UPDATE revenue_invoices SET total = 0 WHERE invoice_id = 'inv1';
-		DELETE FROM revenue_invoices WHERE invoice_id = 'inv2'`); err != nil {
+		DELETE FROM revenue_invoices WHERE invoice_id = 'inv2';
+		UPDATE revenue_entries SET revenue = revenue + 1 WHERE invoice_id = 'inv4' AND kind = 'recognized';
+		DELETE FROM revenue_ledger WHERE invoice_id = 'inv5'`); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := consumer.Rebuild(context.Background(), p.pool, revenue.Group(), consumer.RebuildConfig{},
@@ -274,8 +302,11 @@ func TestARebuildEqualsTheLiveProjection(t *testing.T) {
 	if got := projection(t, p.pool); fmt.Sprint(got) != fmt.Sprint(live) {
 		t.Errorf("rebuilt projection:\n%v\nthe live group had:\n%v", got, live)
 	}
-	if rep.Rows["revenue_invoices"] != 8 {
-		t.Errorf("the rebuild swapped in %d invoices, want 8", rep.Rows["revenue_invoices"])
+	if got := ledger(t, p.pool); fmt.Sprint(got) != fmt.Sprint(liveLedger) {
+		t.Errorf("rebuilt ledger:\n%v\nthe live group had:\n%v", strings.Join(got, "\n"), strings.Join(liveLedger, "\n"))
+	}
+	if rep.Rows["revenue_invoices"] != 8 || rep.Rows["revenue_ledger"] != 8 || rep.Rows["revenue_entries"] < 8*3 {
+		t.Errorf("the rebuild swapped in %v rows; want 8 invoices, 8 ledgers and their entries", rep.Rows)
 	}
 	// The live group goes on.
 	p.call(t, "POST", "/v1/invoices/inv0/payments", map[string]any{"amount": 1000, "paid_at": "2026-01-07"}, 201, nil)
