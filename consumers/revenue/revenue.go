@@ -34,6 +34,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -49,7 +51,7 @@ var Topics = []string{"tally.invoices.v1"}
 func Group() *consumer.Group {
 	g := consumer.NewGroup("revenue", Topics...).
 		Projections("revenue_invoices", "revenue_ledger", "revenue_entries").
-		BatchState(loadLedgers)
+		BatchState(loadLedgers, saveLedgers)
 	for _, typ := range []string{"tally.invoice.created.v1", "tally.invoice.updated.v1", "tally.invoice.paid.v1",
 		"tally.invoice.voided.v1", "tally.invoice.deleted.v1"} {
 		consumer.Handle(g, typ, applySnapshot)
@@ -155,7 +157,7 @@ func applySnapshot(ctx context.Context, tx consumer.Tx, e consumer.Event[snapsho
 	if e.Sequence >= l.lastSeq {
 		l.h.CustomerID = p.CustomerID
 	}
-	return l.update(tx, e.Subject, e.Sequence, e)
+	return l.update(e.Subject, e.Sequence, e)
 }
 
 // payment is what the group reads of a payment_received payload.
@@ -198,13 +200,15 @@ func applyPayment(ctx context.Context, tx consumer.Tx, e consumer.Event[payment]
 	if l.h.CustomerID == "" {
 		l.h.CustomerID = p.CustomerID
 	}
-	return l.update(tx, e.Subject, e.Sequence, e)
+	return l.update(e.Subject, e.Sequence, e)
 }
 
 // ledgers is the group's batch state: the ledgers of the batch's invoices,
-// read in one query, and changed by the handlers as they apply events.
+// read in one query, changed by the handlers as they apply events, and
+// written once, at the end of the batch (saveLedgers).
 type ledgers struct {
-	byID map[string]*ledger
+	byID  map[string]*ledger
+	order []string // the ledgers changed, in the order of their first change
 }
 
 // ledger is one invoice's ledger as the batch has it.
@@ -212,7 +216,9 @@ type ledger struct {
 	h       history
 	version int64           // of the row in revenue_ledger (0: none yet)
 	lastSeq int64           // the highest sequence the history holds
-	rows    map[string]*row // derive(h): what revenue_entries holds
+	rows    map[string]*row // derive(h): what revenue_entries will hold
+	saved   map[string]*row // what revenue_entries holds, once the batch changed the ledger
+	changed bool
 }
 
 func (s *ledgers) get(id string) *ledger {
@@ -246,9 +252,10 @@ func loadLedgers(ctx context.Context, tx consumer.Tx, ids []string) (any, error)
 	return s, rows.Err()
 }
 
-// update writes what the history's newest event changed of the invoice's
-// rows, and announces it through a.
-func (l *ledger) update(tx consumer.Tx, id string, seq int64, a emitter) error {
+// update takes in the history's newest event, seq, and announces through
+// a what it changed of invoice id's rows. The rows are written by
+// saveLedgers.
+func (l *ledger) update(id string, seq int64, a emitter) error {
 	old := l.rows
 	if old == nil && l.version > 0 {
 		// The rows as the history before this event made them: derive
@@ -258,40 +265,147 @@ func (l *ledger) update(tx consumer.Tx, id string, seq int64, a emitter) error {
 		prev.Payments = without(l.h.Payments, seq, func(p paymentRec) int64 { return p.Seq })
 		old = derive(&prev)
 	}
-	next := derive(&l.h)
-	changed := false
-	for k, r := range next {
-		if o := old[k]; o == nil || !o.same(r) {
-			changed = true
-			tx.Queue(upsertEntrySQL, id, r.Basis, r.Kind, r.Key, r.CustomerID, r.Currency, r.Date, r.Start, r.End,
-				r.Revenue, r.Deferred, r.Cum, r.Seq, r.EventID)
-		}
+	if !l.changed {
+		l.saved, l.changed = old, true
 	}
-	for k, o := range old {
-		if next[k] == nil {
-			changed = true
-			tx.Queue(`DELETE FROM revenue_entries WHERE invoice_id = $1 AND basis = $2 AND kind = $3 AND key = $4`,
-				id, o.Basis, o.Kind, o.Key)
-		}
+	next := deriveAfter(&l.h, seq, old)
+	if l.version == 0 || !sameRows(old, next) {
+		l.version++
 	}
 	if err := announce(a, id, seq, l.h, old, next); err != nil {
 		return err
 	}
 	l.rows = next
-	if changed || l.version == 0 {
-		l.version++
-	}
 	l.lastSeq = max(l.lastSeq, seq)
-	raw, err := json.Marshal(&l.h)
-	if err != nil {
-		return fmt.Errorf("encoding the ledger of invoice %q: %w", id, err)
-	}
-	tx.Queue(`INSERT INTO revenue_ledger (invoice_id, customer_id, history, version, last_sequence, updated_at)
-		VALUES ($1, $2, $3, $4, $5, clock_timestamp())
-		ON CONFLICT (invoice_id) DO UPDATE SET customer_id = excluded.customer_id, history = excluded.history,
-			version = excluded.version, last_sequence = excluded.last_sequence, updated_at = excluded.updated_at`,
-		id, l.h.CustomerID, raw, l.version, l.lastSeq)
 	return nil
+}
+
+func sameRows(a, b map[string]*row) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, r := range a {
+		if o := b[k]; o == nil || !o.same(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// saveLedgers writes the ledgers the batch changed: each one's row in
+// revenue_ledger, and its entries that differ from what revenue_entries
+// held, in three statements for the whole batch.
+func saveLedgers(ctx context.Context, tx consumer.Tx, state any) error {
+	s := state.(*ledgers)
+	var (
+		led  ledgerCols
+		ent  entryCols
+		gone entryKeys
+	)
+	ids := make([]string, 0, len(s.byID))
+	for id, l := range s.byID {
+		if l.changed {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids) // a stable lock order among concurrent batches
+	for _, id := range ids {
+		l := s.byID[id]
+		raw, err := json.Marshal(&l.h)
+		if err != nil {
+			return fmt.Errorf("encoding the ledger of invoice %q: %w", id, err)
+		}
+		led.add(id, l.h.CustomerID, raw, l.version, l.lastSeq)
+		for _, k := range sortedKeys(l.rows) {
+			if r, o := l.rows[k], l.saved[k]; o == nil || !o.same(r) {
+				ent.add(id, r)
+			}
+		}
+		for _, k := range sortedKeys(l.saved) {
+			if o := l.saved[k]; l.rows[k] == nil {
+				gone.add(id, o)
+			}
+		}
+	}
+	if len(gone.invoice) > 0 {
+		tx.Queue(`DELETE FROM revenue_entries e USING unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS g(invoice_id, basis, kind, key)
+			WHERE e.invoice_id = g.invoice_id AND e.basis = g.basis AND e.kind = g.kind AND e.key = g.key`,
+			gone.invoice, gone.basis, gone.kind, gone.key)
+	}
+	if len(ent.invoice) > 0 {
+		tx.Queue(upsertEntriesSQL, ent.invoice, ent.basis, ent.kind, ent.key, ent.customer, ent.currency, ent.date,
+			ent.start, ent.end, ent.revenue, ent.deferred, ent.cum, ent.seq, ent.eventID)
+	}
+	if len(led.invoice) > 0 {
+		tx.Queue(`INSERT INTO revenue_ledger (invoice_id, customer_id, history, version, last_sequence, updated_at)
+			SELECT l.*, clock_timestamp() FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::bigint[], $5::bigint[]) AS l
+			ON CONFLICT (invoice_id) DO UPDATE SET customer_id = excluded.customer_id, history = excluded.history,
+				version = excluded.version, last_sequence = excluded.last_sequence, updated_at = excluded.updated_at`,
+			led.invoice, led.customer, led.history, led.version, led.lastSeq)
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+// ledgerCols are revenue_ledger rows, by column.
+type ledgerCols struct {
+	invoice, customer []string
+	history           []json.RawMessage
+	version, lastSeq  []int64
+}
+
+func (c *ledgerCols) add(id, customer string, history []byte, version, lastSeq int64) {
+	c.invoice, c.customer = append(c.invoice, id), append(c.customer, customer)
+	c.history = append(c.history, history)
+	c.version, c.lastSeq = append(c.version, version), append(c.lastSeq, lastSeq)
+}
+
+// entryKeys are revenue_entries keys, by column.
+type entryKeys struct{ invoice, basis, kind, key []string }
+
+func (c *entryKeys) add(id string, r *row) {
+	c.invoice, c.basis, c.kind, c.key = append(c.invoice, id), append(c.basis, r.Basis), append(c.kind, r.Kind), append(c.key, r.Key)
+}
+
+// entryCols are revenue_entries rows, by column. A row's cum travels as
+// the text of its array, since arrays of arrays must be rectangular.
+type entryCols struct {
+	entryKeys
+	customer, currency, cum, eventID []string
+	date, start, end                 []date.Date
+	revenue, deferred, seq           []int64
+}
+
+func (c *entryCols) add(id string, r *row) {
+	c.entryKeys.add(id, r)
+	c.customer, c.currency, c.eventID = append(c.customer, r.CustomerID), append(c.currency, r.Currency), append(c.eventID, r.EventID)
+	c.date, c.start, c.end = append(c.date, r.Date), append(c.start, r.Start), append(c.end, r.End)
+	c.revenue, c.deferred, c.seq = append(c.revenue, r.Revenue), append(c.deferred, r.Deferred), append(c.seq, r.Seq)
+	c.cum = append(c.cum, cumText(r.Cum))
+}
+
+// cumText is the array literal of cum, "" (NULL) for none.
+func cumText(cum []int64) string {
+	if cum == nil {
+		return ""
+	}
+	b := make([]byte, 0, 8*len(cum)+2)
+	b = append(b, '{')
+	for i, v := range cum {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, v, 10)
+	}
+	return string(append(b, '}'))
 }
 
 // without returns xs without the element whose sequence is seq.
@@ -305,10 +419,14 @@ func without[T any](xs []T, seq int64, seqOf func(T) int64) []T {
 	return out
 }
 
-const upsertEntrySQL = `
+const upsertEntriesSQL = `
 INSERT INTO revenue_entries (invoice_id, basis, kind, key, customer_id, currency, entry_date, start_date, end_date,
 	revenue, deferred, cum, seq, event_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+SELECT invoice_id, basis, kind, key, customer_id, currency, entry_date, start_date, end_date,
+	revenue, deferred, nullif(cum, '')::bigint[], seq, event_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::date[], $8::date[], $9::date[],
+	$10::bigint[], $11::bigint[], $12::text[], $13::bigint[], $14::text[])
+	AS e(invoice_id, basis, kind, key, customer_id, currency, entry_date, start_date, end_date, revenue, deferred, cum, seq, event_id)
 ON CONFLICT (invoice_id, basis, kind, key) DO UPDATE SET customer_id = excluded.customer_id,
 	currency = excluded.currency, entry_date = excluded.entry_date, start_date = excluded.start_date,
 	end_date = excluded.end_date, revenue = excluded.revenue, deferred = excluded.deferred, cum = excluded.cum,

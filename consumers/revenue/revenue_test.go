@@ -164,11 +164,10 @@ func TestProjectionFollowsTheInvoiceThroughTheWholePipeline(t *testing.T) {
 }
 
 // Events seen late, twice or out of order leave the projection at the
-// latest version: each applies only over an older one.
+// latest version, each applied only over an older one, and the ledger as
+// the events in order leave it.
 func TestOutOfOrderAndRepeatedEventsEndInTheSameState(t *testing.T) {
 	t.Parallel()
-	pool, _ := testenv.Pool(t)
-	_, seeds := testenv.Kafka(t)
 	snapshot := func(seq int64, status string, paid int64) envelope.Event {
 		now := time.Now().UTC().Format(time.RFC3339Nano)
 		typ := map[string]string{"open": "tally.invoice.updated.v1", "paid": "tally.invoice.paid.v1"}[status]
@@ -178,19 +177,44 @@ func TestOutOfOrderAndRepeatedEventsEndInTheSameState(t *testing.T) {
 		}
 		return envelope.Event{ID: envelope.NewID(), Type: typ, Source: "/t", Subject: "x", Time: time.Now(), Sequence: seq,
 			CorrelationID: "c", Data: fmt.Appendf(nil, `{"id":"x","customer_id":"c","currency":"USD","status":%q,
-			"issued_at":"2025-01-01","due_at":"2025-01-31","lines":[{"description":"d","amount":100,"quantity":1,"total":100}],
-			"subtotal":100,"discount":0,"tax":0,"total":100,"amount_paid":%d,"amount_due":%d,"created_at":%q,"updated_at":%q%s}`,
-				status, paid, 100-paid, now, now, extra)}
+			"issued_at":"2025-01-01","due_at":"2025-01-31","lines":[{"description":"d","amount":100,"quantity":1,"total":100,
+			"service_period":{"start":"2025-01-01","end":"2025-03-31"}}],
+			"subtotal":100,"discount":%d,"tax":0,"total":%d,"amount_paid":%d,"amount_due":%d,"created_at":%q,"updated_at":%q%s}`,
+				status, 100-seq*10, seq*10, paid, seq*10-paid, now, now, extra)}
 	}
 	payment := envelope.Event{ID: envelope.NewID(), Type: "tally.invoice.payment_received.v1", Source: "/t", Subject: "x",
 		Time: time.Now(), Sequence: 3, CorrelationID: "c", Data: []byte(`{"invoice_id":"x","customer_id":"c",
-		"payment_id":"p","currency":"USD","amount":100,"paid_at":"2025-01-20","total":100,"amount_paid":100,"amount_due":0}`)}
-	v2, v4 := snapshot(2, "open", 0), snapshot(4, "paid", 100)
-	// The payment comes first (the created event was lost), then the
-	// latest version, then older ones, then everything again.
-	order := []envelope.Event{payment, v4, v2, payment, v2, v4}
+		"payment_id":"p","currency":"USD","amount":40,"paid_at":"2025-01-20","total":40,"amount_paid":40,"amount_due":0}`)}
+	v2, v4 := snapshot(2, "open", 0), snapshot(4, "paid", 40)
+	// In order, and then: the payment first (the created event was lost),
+	// then the latest version, then older ones, then everything again.
+	inOrder := apply(t, v2, payment, v4)
+	pool := apply(t, payment, v4, v2, payment, v2, v4)
+	got, err := revenue.GetInvoice(context.Background(), pool, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status != "paid" || got.AmountPaid != 40 || got.AmountDue != 0 || got.LastSequence != 4 {
+		t.Errorf("projection %+v, want the paid version 4", got)
+	}
+	want, have := ledger(t, inOrder), ledger(t, pool)
+	if fmt.Sprint(have) != fmt.Sprint(want) {
+		t.Errorf("the ledger out of order:\n%s\nin order:\n%s", strings.Join(have, "\n"), strings.Join(want, "\n"))
+	}
+	if len(want) < 4 {
+		t.Errorf("the ledger has %d rows; want the history, a booking, an adjustment, recognition and cash", len(want))
+	}
+}
+
+// apply runs the revenue group over evs, produced in that order to a broker
+// of its own, into a database of its own, and returns the database once
+// every record is applied.
+func apply(t *testing.T, evs ...envelope.Event) *pgxpool.Pool {
+	t.Helper()
+	pool, _ := testenv.Pool(t)
+	_, seeds := testenv.Kafka(t)
 	var recs []*kgo.Record
-	for _, e := range order {
+	for _, e := range evs {
 		recs = append(recs, e.Record("tally.invoices.v1"))
 	}
 	cl := testenv.Client(t, seeds)
@@ -209,20 +233,13 @@ func TestOutOfOrderAndRepeatedEventsEndInTheSameState(t *testing.T) {
 	for {
 		var n int
 		pool.QueryRow(context.Background(), `SELECT coalesce(max(next_offset), 0) FROM consumer_offsets`).Scan(&n)
-		if n == len(order) {
-			break
+		if n == len(evs) {
+			return pool
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the group applied %d of %d records", n, len(order))
+			t.Fatalf("the group applied %d of %d records", n, len(evs))
 		}
 		time.Sleep(10 * time.Millisecond)
-	}
-	got, err := revenue.GetInvoice(context.Background(), pool, "x")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.Status != "paid" || got.AmountPaid != 100 || got.AmountDue != 0 || got.LastSequence != 4 {
-		t.Errorf("projection %+v, want the paid version 4", got)
 	}
 }
 

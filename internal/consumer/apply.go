@@ -371,6 +371,11 @@ func (t *txn) forward(f outbox.Forward, tier int) {
 // position, commits, and counts.
 func (t *txn) commit(last int64) error {
 	w := t.w
+	if save := w.r.g.save; save != nil && t.state != nil {
+		if err := save(t.ctx, t.tx, t.state); err != nil {
+			return fmt.Errorf("saving the batch state: %w", err)
+		}
+	}
 	var b pgx.Batch
 	outbox.QueueChecked(&b, t.emitted...)
 	if err := outbox.QueueForwards(&b, t.forwards...); err != nil {

@@ -174,6 +174,7 @@ type Group struct {
 	unordered bool
 	tables    []string // its projections, parents first (Projections)
 	load      func(ctx context.Context, tx Tx, subjects []string) (any, error)
+	save      func(ctx context.Context, tx Tx, state any) error
 }
 
 // NewGroup declares the group name reading topics. Its Kafka group id is
@@ -204,10 +205,18 @@ func (g *Group) Unordered() *Group {
 // Handlers may change the state as they apply events (a later event of
 // the same aggregate in the batch sees the change); it lives as long as
 // the transaction: a batch that is run again (after a failure) loads it
-// afresh. An error of load is taken for the database's: the batch is
-// retried in place, with back-off. It returns g.
-func (g *Group) BatchState(load func(ctx context.Context, tx Tx, subjects []string) (any, error)) *Group {
-	g.load = load
+// afresh. save, if not nil, is called once after the batch's last handler,
+// before the commit, with the state as the handlers left it: writes made
+// there are made once a batch rather than once an event (an aggregate's
+// row changed by several of its events is written once). An error of load
+// or save is taken for the database's: the batch is retried in place,
+// with back-off. Gotcha: a write of save cannot be blamed on one record,
+// so one the database refuses (a constraint) retries the batch until the
+// group is fixed; validate in the handlers, which can fail their record.
+// It returns g.
+func (g *Group) BatchState(load func(ctx context.Context, tx Tx, subjects []string) (any, error),
+	save func(ctx context.Context, tx Tx, state any) error) *Group {
+	g.load, g.save = load, save
 	return g
 }
 

@@ -128,7 +128,7 @@ func applyBacklog(ctx context.Context, db *database, c *kfake.Cluster, n int, lo
 }
 
 // fillTopic produces n invoice events to tally.invoices.v1, 5 versions of
-// each invoice in order.
+// each invoice in order (a customer per invoice; the updates change the tax).
 func fillTopic(ctx context.Context, c *kfake.Cluster, n int) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.MaxBufferedRecords(100_000))
 	if err != nil {
@@ -153,7 +153,7 @@ func fillTopic(ctx context.Context, c *kfake.Cluster, n int) error {
 				`"currency":"USD","status":"open","issued_at":"2025-01-01","due_at":"2025-01-31","lines":[{"description":`+
 				`"Pro plan, yearly","amount":12000,"quantity":1,"total":12000,"service_period":{"start":"2025-01-01",`+
 				`"end":"2025-12-31"}}],"subtotal":12000,"discount":0,"tax":%d,"total":%d,"amount_paid":0,"amount_due":%d,`+
-				`"created_at":%q,"updated_at":%q}`, inv, i%1000, version, 12000+version, 12000+version, stamp, stamp)}
+				`"created_at":%q,"updated_at":%q}`, inv, i/5%1000, version, 12000+version, 12000+version, stamp, stamp)}
 		cl.Produce(ctx, ev.Record("tally.invoices.v1"), func(_ *kgo.Record, err error) {
 			if err != nil {
 				mu.Lock()
