@@ -99,7 +99,7 @@ func domain() []Topic {
 		{Name: "tally.revenue.v1", Key: "invoice id", Types: []string{
 			"tally.revenue.deferred.v1", "tally.revenue.recognized.v1", "tally.revenue.adjusted.v1", "tally.revenue.reversed.v1",
 		}},
-		{Name: "tally.kpis.v1", Key: "KPI and period",
+		{Name: "tally.kpis.v1", Key: "KPI and period", Types: []string{"tally.kpi.calculated.v1"},
 			// Only the latest value of a KPI for a period matters.
 			Configs: map[string]string{"cleanup.policy": "compact"}},
 		{Name: "tally.imports.v1", Key: "import id", Types: []string{"tally.import.completed.v1"}},
