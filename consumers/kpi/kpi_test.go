@@ -91,7 +91,7 @@ func (h *history) invoice(id, currency, issued, due string, total, paid int64, s
 		typ = "tally.invoice.created.v1"
 	}
 	p := obj{"id": id, "customer_id": "c1", "currency": currency, "status": status, "issued_at": issued, "due_at": due,
-		"lines": []obj{{"description": "work", "amount": total, "quantity": 1, "total": total}},
+		"lines":    []obj{{"description": "work", "amount": total, "quantity": 1, "total": total}},
 		"subtotal": total, "discount": 0, "tax": 0, "total": total, "amount_paid": paid, "amount_due": total - paid,
 		"created_at": stamp, "updated_at": stamp}
 	switch status {
