@@ -238,7 +238,7 @@ func exportedMetrics(t *testing.T) metricSet {
 	}
 
 	// The scheduler, as `tally scheduler` builds it.
-	if _, err := scheduler.New(scheduler.Tasks(pool), scheduler.WithRegisterer(rec)); err != nil {
+	if _, err := scheduler.New(scheduler.Tasks(pool, time.Second), scheduler.WithRegisterer(rec)); err != nil {
 		t.Fatal(err)
 	}
 

@@ -21,10 +21,6 @@ import (
 // PublishSource is the ce_source of what Publish emits.
 const PublishSource = "/tally/scheduler/kpi"
 
-// ChangesChannel is the PostgreSQL notification channel Publish notifies
-// after a commit that changed KPI values (GET /v1/kpis/stream listens).
-const ChangesChannel = "tally_kpi_changes"
-
 // publishLock is the advisory lock Publish holds for each transaction, so
 // that publishers commit one at a time and kpi_values.seq grows in commit
 // order: a reader of the changes after a seq misses none.
@@ -75,11 +71,6 @@ func Publish(ctx context.Context, pool *pgxpool.Pool, batch int) (PublishReport,
 		rep.Changes += changes
 		if err != nil {
 			return rep, fmt.Errorf("publishing KPIs: %w", err)
-		}
-		if changes > 0 {
-			if _, err := pool.Exec(ctx, "SELECT pg_notify($1, '')", ChangesChannel); err != nil {
-				return rep, fmt.Errorf("publishing KPIs: notifying: %w", err)
-			}
 		}
 		if n < batch {
 			return rep, nil
@@ -228,4 +219,42 @@ func cmpOr(a, b json.RawMessage) json.RawMessage {
 		return a
 	}
 	return b
+}
+
+// Change is one announced change of a KPI value, as GET /v1/kpis/stream
+// sends it.
+type Change struct {
+	Seq         int64           `json:"seq"` // orders every change; the stream's event id
+	Currency    string          `json:"currency"`
+	Granularity string          `json:"granularity"`
+	Period      string          `json:"period"`
+	KPI         string          `json:"kpi"`
+	Value       json.RawMessage `json:"value"`
+	Version     int64           `json:"version"`
+	At          time.Time       `json:"at"`
+}
+
+// Changes returns up to limit changes after seq after, oldest first,
+// those of currency and granularity only when they are not "".
+func Changes(ctx context.Context, q Querier, after int64, currency, granularity string, limit int) ([]Change, error) {
+	rows, err := q.Query(ctx, `SELECT seq, currency, granularity, period, kpi, value, version, updated_at FROM kpi_values
+		WHERE seq > $1 AND ($2 = '' OR currency = $2) AND ($3 = '' OR granularity = $3) ORDER BY seq LIMIT $4`,
+		after, currency, granularity, limit)
+	if err != nil {
+		return nil, fmt.Errorf("reading KPI changes: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Change, error) {
+		var c Change
+		err := r.Scan(&c.Seq, &c.Currency, &c.Granularity, &c.Period, &c.KPI, &c.Value, &c.Version, &c.At)
+		return c, err
+	})
+}
+
+// LastChange returns the seq of the latest change, 0 for none.
+func LastChange(ctx context.Context, q Querier) (int64, error) {
+	rows, err := q.Query(ctx, `SELECT coalesce(max(seq), 0) FROM kpi_values`)
+	if err != nil {
+		return 0, fmt.Errorf("reading KPI changes: %w", err)
+	}
+	return pgx.CollectExactlyOneRow(rows, pgx.RowTo[int64])
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
 
+	"github.com/tally-dev/tally/consumers/kpi"
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/config"
 	"github.com/tally-dev/tally/internal/consumer"
@@ -190,7 +191,7 @@ func startScheduler(p *process) error {
 }
 
 func newScheduler(pool *pgxpool.Pool, cfg config.Config, log *slog.Logger, reg prometheus.Registerer, notify func()) (*scheduler.Scheduler, error) {
-	return scheduler.New(scheduler.Tasks(pool),
+	return scheduler.New(scheduler.Tasks(pool, cfg.KPIPublishInterval),
 		scheduler.WithInterval(cfg.SchedulerInterval),
 		scheduler.WithLogger(log.With("component", "scheduler")),
 		scheduler.WithRegisterer(reg),
@@ -231,6 +232,7 @@ func runScheduler(ctx context.Context, e Env, cfg config.Config, log *slog.Logge
 // groups are the consumer groups `tally consume` runs, by name.
 var groups = map[string]func() *consumer.Group{
 	"revenue": revenue.Group,
+	"kpi":     kpi.Group,
 }
 
 func groupNames() string {

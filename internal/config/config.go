@@ -59,6 +59,9 @@ type Config struct {
 	// job (the daily revenue recognition). A day's events are due from its
 	// first run after midnight UTC.
 	SchedulerInterval time.Duration
+	// KPIPublishInterval is how often the scheduler announces the KPI
+	// values that changed: the window a burst of events is coalesced in.
+	KPIPublishInterval time.Duration
 
 	// RetryDelays are the delays of a consumer group's retry tiers, tier 1
 	// first; their number is the number of tiers, which tally topics apply
@@ -77,22 +80,23 @@ type Config struct {
 // nor a flag says otherwise.
 func Default() Config {
 	return Config{
-		DatabaseURL:       "postgres://postgres@127.0.0.1:5432/tally?sslmode=disable",
-		KafkaBrokers:      []string{"127.0.0.1:9092"},
-		HTTPAddr:          "127.0.0.1:8080",
-		DevKafkaAddr:      "127.0.0.1:9092",
-		DataDir:           ".tally",
-		LogLevel:          slog.LevelInfo,
-		LogFormat:         "text",
-		EventRetention:    0,
-		IdempotencyTTL:    24 * time.Hour,
-		MaxBodyBytes:      1 << 20,
-		RelayBatchSize:    1000,
-		RelayPollInterval: time.Second,
-		SchedulerInterval: 30 * time.Second,
-		RetryDelays:       slices.Clone(topics.RetryDelays),
-		TopicReplication:  -1,
-		ShutdownTimeout:   20 * time.Second,
+		DatabaseURL:        "postgres://postgres@127.0.0.1:5432/tally?sslmode=disable",
+		KafkaBrokers:       []string{"127.0.0.1:9092"},
+		HTTPAddr:           "127.0.0.1:8080",
+		DevKafkaAddr:       "127.0.0.1:9092",
+		DataDir:            ".tally",
+		LogLevel:           slog.LevelInfo,
+		LogFormat:          "text",
+		EventRetention:     0,
+		IdempotencyTTL:     24 * time.Hour,
+		MaxBodyBytes:       1 << 20,
+		RelayBatchSize:     1000,
+		RelayPollInterval:  time.Second,
+		SchedulerInterval:  30 * time.Second,
+		KPIPublishInterval: time.Second,
+		RetryDelays:        slices.Clone(topics.RetryDelays),
+		TopicReplication:   -1,
+		ShutdownTimeout:    20 * time.Second,
 	}
 }
 
@@ -199,6 +203,9 @@ var settings = []Setting{
 	{"TALLY_SCHEDULER_INTERVAL", "scheduler-interval", "how often the scheduler runs each time-driven job",
 		func(c *Config) string { return c.SchedulerInterval.String() },
 		func(c *Config, v string) error { return parseDuration(v, time.Second, &c.SchedulerInterval) }},
+	{"TALLY_KPI_PUBLISH_INTERVAL", "kpi-publish-interval", "how often the scheduler announces the KPI values that changed (tally.kpi.calculated.v1)",
+		func(c *Config) string { return c.KPIPublishInterval.String() },
+		func(c *Config, v string) error { return parseDuration(v, 100*time.Millisecond, &c.KPIPublishInterval) }},
 	{"TALLY_RETRY_DELAYS", "retry-delays", "comma-separated delays of the consumer groups' retry tiers, tier 1 first (their number is the number of tiers)",
 		func(c *Config) string {
 			ds := make([]string, len(c.RetryDelays))

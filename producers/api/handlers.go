@@ -83,6 +83,8 @@ func (a *API) routes() map[string]http.HandlerFunc {
 		"GET /v1/revenue/invoices/{id}/schedule": a.schedule,
 		"GET /v1/revenue/waterfall":              a.waterfall,
 		"GET /v1/revenue/deferred":               a.deferred,
+		"GET /v1/kpis":                           a.kpis,
+		"GET /v1/kpis/stream":                    a.kpiStream,
 		"GET /v1/dlq":                            a.listParked,
 		"GET /v1/dlq/{id}":                       a.showParked,
 		"POST /v1/dlq/replay": a.actOnParked("replayed", true, func(ctx context.Context, f consumer.Filter, edited []byte, act consumer.Action) (int, error) {

@@ -11,37 +11,53 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tally-dev/tally/consumers/kpi"
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/date"
 )
 
 // Task is one time-driven producer. Run does what is due at now and returns
-// how many events it wrote to the outbox.
+// how many events it wrote to the outbox. Every is how often it runs; zero
+// takes the scheduler's interval (WithInterval).
 type Task struct {
-	Name string
-	Run  func(ctx context.Context, now time.Time) (events int, err error)
+	Name  string
+	Every time.Duration
+	Run   func(ctx context.Context, now time.Time) (events int, err error)
 }
 
 // Tasks returns the tasks of Tally on pool.
 //
 //   - revenue.announce: tally.revenue.recognized.v1 for the service days
 //     through today (UTC) that the revenue ledger has not announced
-//     (revenue.Announce).
-func Tasks(pool *pgxpool.Pool) []Task {
+//     (revenue.Announce), every interval.
+//   - kpi.publish: tally.kpi.calculated.v1 for the KPI values that the
+//     KPI group's latest events changed (kpi.Publish), every kpiEvery:
+//     the window in which a burst of events is coalesced into one
+//     announcement per KPI and period.
+func Tasks(pool *pgxpool.Pool, kpiEvery time.Duration) []Task {
 	return []Task{{
 		Name: "revenue.announce",
 		Run: func(ctx context.Context, now time.Time) (int, error) {
 			rep, err := revenue.Announce(ctx, pool, date.Of(now), 0)
 			return rep.Recognized + rep.Restated, err
+		},
+	}, {
+		Name:  "kpi.publish",
+		Every: kpiEvery,
+		Run: func(ctx context.Context, _ time.Time) (int, error) {
+			rep, err := kpi.Publish(ctx, pool, 0)
+			return rep.Changes, err
 		},
 	}}
 }
@@ -89,6 +105,11 @@ func New(tasks []Task, opts ...Opt) (*Scheduler, error) {
 	if s.interval <= 0 {
 		return nil, fmt.Errorf("scheduler: the interval must be positive, not %v", s.interval)
 	}
+	for _, t := range s.tasks {
+		if t.Every < 0 {
+			return nil, fmt.Errorf("scheduler: task %s: a negative interval %v", t.Name, t.Every)
+		}
+	}
 	if len(s.tasks) == 0 {
 		return nil, errors.New("scheduler: no tasks")
 	}
@@ -101,18 +122,27 @@ func New(tasks []Task, opts ...Opt) (*Scheduler, error) {
 	return s, nil
 }
 
-// Run runs every task now and then every interval, until ctx ends.
+// Run runs every task now and then every its interval, each on its own,
+// until ctx ends.
 func (s *Scheduler) Run(ctx context.Context) error {
-	t := time.NewTicker(s.interval)
-	defer t.Stop()
-	for {
-		s.Once(ctx)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	var wg sync.WaitGroup
+	for _, t := range s.tasks {
+		every := cmp.Or(t.Every, s.interval)
+		wg.Go(func() {
+			tick := time.NewTicker(every)
+			defer tick.Stop()
+			for {
+				s.runTask(ctx, t)
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+			}
+		})
 	}
+	wg.Wait()
+	return nil
 }
 
 // Once runs every task once, one after the other, and returns the failures

@@ -125,7 +125,7 @@ func TestTheRevenueTaskAnnouncesEachDayOnce(t *testing.T) {
 	var ss [2]*scheduler.Scheduler
 	for i := range ss {
 		var err error
-		if ss[i], err = scheduler.New(scheduler.Tasks(pool), scheduler.WithClock(clock)); err != nil {
+		if ss[i], err = scheduler.New(scheduler.Tasks(pool, time.Second), scheduler.WithClock(clock)); err != nil {
 			t.Fatal(err)
 		}
 	}
