@@ -90,15 +90,19 @@ func domain() []Topic {
 			"tally.invoice.created.v1", "tally.invoice.updated.v1", "tally.invoice.paid.v1",
 			"tally.invoice.voided.v1", "tally.invoice.deleted.v1", "tally.invoice.payment_received.v1",
 		}},
-		{Name: "tally.sales.v1", Key: "sale id"},
-		{Name: "tally.expenses.v1", Key: "expense id"},
+		{Name: "tally.sales.v1", Key: "sale id", Types: []string{
+			"tally.sale.created.v1", "tally.sale.updated.v1", "tally.sale.deleted.v1",
+		}},
+		{Name: "tally.expenses.v1", Key: "expense id", Types: []string{
+			"tally.expense.created.v1", "tally.expense.updated.v1", "tally.expense.deleted.v1",
+		}},
 		{Name: "tally.revenue.v1", Key: "invoice id", Types: []string{
 			"tally.revenue.deferred.v1", "tally.revenue.recognized.v1", "tally.revenue.adjusted.v1", "tally.revenue.reversed.v1",
 		}},
 		{Name: "tally.kpis.v1", Key: "KPI and period",
 			// Only the latest value of a KPI for a period matters.
 			Configs: map[string]string{"cleanup.policy": "compact"}},
-		{Name: "tally.imports.v1", Key: "import id"},
+		{Name: "tally.imports.v1", Key: "import id", Types: []string{"tally.import.completed.v1"}},
 	}
 	for i := range ts {
 		ts[i].Partitions = DefaultPartitions

@@ -64,6 +64,10 @@ func invoiceLocation(inv billing.InvoiceWithPayments) string {
 	return "/v1/invoices/" + url.PathEscape(inv.ID)
 }
 
+func saleLocation(s billing.Sale) string { return "/v1/sales/" + url.PathEscape(s.ID) }
+
+func expenseLocation(e billing.Expense) string { return "/v1/expenses/" + url.PathEscape(e.ID) }
+
 func (a *API) routes() map[string]http.HandlerFunc {
 	return map[string]http.HandlerFunc{
 		"POST /v1/customers":              mutate(a, http.StatusCreated, customerLocation, false, created(billing.CreateCustomer)),
@@ -77,6 +81,16 @@ func (a *API) routes() map[string]http.HandlerFunc {
 		"POST /v1/invoices/{id}/payments": mutate(a, http.StatusCreated, invoiceLocation, false, billing.PayInvoice),
 		"POST /v1/invoices/{id}/void":     mutate(a, http.StatusOK, nil, true, noInput(billing.VoidInvoice)),
 		"GET /v1/invoices/{id}/events":    a.trail("tally.invoices.v1", "invoices", "invoice"),
+		"POST /v1/sales":                  mutate(a, http.StatusCreated, saleLocation, false, created(billing.CreateSale)),
+		"GET /v1/sales/{id}":              a.read(func(ctx context.Context, id string) (any, error) { return billing.GetSale(ctx, a.pool, id) }),
+		"PATCH /v1/sales/{id}":            mutate(a, http.StatusOK, nil, false, billing.UpdateSale),
+		"DELETE /v1/sales/{id}":           mutate(a, http.StatusNoContent, nil, true, noInput(billing.DeleteSale)),
+		"GET /v1/sales/{id}/events":       a.trail("tally.sales.v1", "sales", "sale"),
+		"POST /v1/expenses":               mutate(a, http.StatusCreated, expenseLocation, false, created(billing.CreateExpense)),
+		"GET /v1/expenses/{id}":           a.read(func(ctx context.Context, id string) (any, error) { return billing.GetExpense(ctx, a.pool, id) }),
+		"PATCH /v1/expenses/{id}":         mutate(a, http.StatusOK, nil, false, billing.UpdateExpense),
+		"DELETE /v1/expenses/{id}":        mutate(a, http.StatusNoContent, nil, true, noInput(billing.DeleteExpense)),
+		"GET /v1/expenses/{id}/events":    a.trail("tally.expenses.v1", "expenses", "expense"),
 		"GET /v1/revenue/invoices/{id}": a.read(func(ctx context.Context, id string) (any, error) {
 			return revenue.GetInvoice(ctx, a.pool, id)
 		}),
