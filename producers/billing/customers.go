@@ -24,8 +24,8 @@ type Customer struct {
 	// imported from; empty for customers made through the JSON API.
 	ExternalID string    `json:"external_id,omitempty"`
 	Version    int64     `json:"version"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
 }
 
 // CustomerInput creates a customer (name and email required) or patches one

@@ -122,7 +122,9 @@ func NewExpense(m Meta, in ExpenseInput) (Expense, error) {
 
 // ExpenseCreated returns the created event of e, an expense NewExpense made
 // with m.
-func ExpenseCreated(m Meta, e Expense) (envelope.Event, error) { return expenses.event(m, "created", &e) }
+func ExpenseCreated(m Meta, e Expense) (envelope.Event, error) {
+	return expenses.event(m, "created", &e)
+}
 
 // CreateExpense records an expense and returns its created event.
 func CreateExpense(ctx context.Context, tx Tx, m Meta, in ExpenseInput) (Expense, []envelope.Event, error) {

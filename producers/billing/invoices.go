@@ -156,7 +156,7 @@ func checkLines(p *problems, in []LineInput) []Line {
 		out := &lines[i]
 		switch {
 		case l.Description == nil:
-			p.required(f+"description")
+			p.required(f + "description")
 		case !plainText(*l.Description, maxDescriptionCh):
 			p.add(f+"description", "must be 1 to %d characters, not blank, without control characters", maxDescriptionCh)
 		default:
@@ -164,7 +164,7 @@ func checkLines(p *problems, in []LineInput) []Line {
 		}
 		switch {
 		case l.Amount == nil:
-			p.required(f+"amount")
+			p.required(f + "amount")
 		case *l.Amount < 0:
 			p.add(f+"amount", "must not be negative")
 		default:
