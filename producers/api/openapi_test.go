@@ -532,6 +532,16 @@ func everyOperation() []request {
 		{"POST", rPayments, invoicePath("i1", "/payments"), obj{"amount": 1}},
 		{"POST", rVoid, invoicePath("i1", "/void"), nil},
 		{"GET", rInvoiceEvents, invoicePath("i1", "/events"), nil},
+		{"POST", rSales, rSales, obj{"customer_id": "c1", "currency": "USD", "amount": 100, "date": "2025-03-01"}},
+		{"GET", rSale, "/v1/sales/s1", nil},
+		{"PATCH", rSale, "/v1/sales/s1", obj{"refunded_amount": 1}},
+		{"DELETE", rSale, "/v1/sales/s1", nil},
+		{"GET", rSaleEvents, "/v1/sales/s1/events", nil},
+		{"POST", rExpenses, rExpenses, obj{"category": "rent", "currency": "USD", "amount": 100, "date": "2025-03-01"}},
+		{"GET", rExpense, "/v1/expenses/e1", nil},
+		{"PATCH", rExpense, "/v1/expenses/e1", obj{"amount": 1}},
+		{"DELETE", rExpense, "/v1/expenses/e1", nil},
+		{"GET", rExpenseEvents, "/v1/expenses/e1/events", nil},
 		{"GET", rRevenueInvoice, "/v1/revenue/invoices/i1", nil},
 		{"GET", rDLQ, rDLQ, nil},
 		{"GET", rParked, "/v1/dlq/1", nil},
@@ -551,6 +561,12 @@ var mutations = []struct{ method, route, path, valid, wrongType string }{
 	{"DELETE", rInvoice, invoicePath("i1"), `{}`, ""},
 	{"POST", rPayments, invoicePath("i1", "/payments"), `{"amount":1}`, `{"amount":10.5}`},
 	{"POST", rVoid, invoicePath("i1", "/void"), `{}`, ""},
+	{"POST", rSales, rSales, `{"customer_id":"c1","currency":"USD","amount":1,"date":"2025-03-01"}`, `{"amount":"1.00"}`},
+	{"PATCH", rSale, "/v1/sales/s1", `{"refunded_amount":1}`, `{"quantity":1.5}`},
+	{"DELETE", rSale, "/v1/sales/s1", `{}`, ""},
+	{"POST", rExpenses, rExpenses, `{"category":"rent","currency":"USD","amount":1,"date":"2025-03-01"}`, `{"cost_of_goods_sold":"yes"}`},
+	{"PATCH", rExpense, "/v1/expenses/e1", `{"amount":1}`, `{"vendor":7}`},
+	{"DELETE", rExpense, "/v1/expenses/e1", `{}`, ""},
 	{"POST", rReplay, rReplay, `{"actor":"ops","ids":[1]}`, `{"actor":"ops","ids":[1.5]}`},
 	{"POST", rSkip, rSkip, `{"actor":"ops","ids":[1]}`, `{"actor":"ops","ids":"1"}`},
 	{"POST", rPurge, rPurge, `{"actor":"ops","ids":[1]}`, `{"actor":"ops","all":"yes"}`},
@@ -565,6 +581,8 @@ func TestOpenAPIDescribesEveryResponse(t *testing.T) {
 	t.Run("scenario", func(t *testing.T) {
 		t.Run("customers", testCustomers)
 		t.Run("invoices", testInvoices)
+		t.Run("sales", testSales)
+		t.Run("expenses", testExpenses)
 		t.Run("trail", testTrail)
 		t.Run("revenue projection", testRevenueProjection)
 		t.Run("dead-letter queue", testDLQ)
@@ -1140,7 +1158,8 @@ func testBroken(t *testing.T) {
 	pool, _ := testenv.Pool(t)
 	if _, err := pool.Exec(context.Background(),
 		`ALTER TABLE customers RENAME TO customers_gone; ALTER TABLE invoices RENAME TO invoices_gone;
-		 ALTER TABLE revenue_invoices RENAME TO revenue_invoices_gone; ALTER TABLE consumer_parked RENAME TO consumer_parked_gone`); err != nil {
+		 ALTER TABLE revenue_invoices RENAME TO revenue_invoices_gone; ALTER TABLE consumer_parked RENAME TO consumer_parked_gone;
+		 ALTER TABLE sales RENAME TO sales_gone; ALTER TABLE expenses RENAME TO expenses_gone`); err != nil {
 		t.Fatal(err)
 	}
 	s := serve(t, pool, defaultConfig)
