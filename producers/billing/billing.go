@@ -124,7 +124,7 @@ var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`)
 // checkID validates a caller-chosen id, or makes one with prefix.
 func checkID(p *problems, id *string, prefix string) string {
 	if id == nil {
-		return newID(prefix)
+		return NewID(prefix)
 	}
 	if !idPattern.MatchString(*id) {
 		p.add("id", "must be 1 to 64 letters, digits or _ . : -, starting with a letter or digit")
@@ -132,8 +132,8 @@ func checkID(p *problems, id *string, prefix string) string {
 	return *id
 }
 
-// newID returns prefix_ and the hex of a UUIDv7, so ids sort by creation.
-func newID(prefix string) string {
+// NewID returns prefix_ and the hex of a UUIDv7, so ids sort by creation.
+func NewID(prefix string) string {
 	u, err := uuid.NewV7()
 	if err != nil {
 		rand.Read(u[:])
