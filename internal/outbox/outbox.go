@@ -23,7 +23,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -201,7 +200,7 @@ func checkEnvelope(ev *envelope.Event) error {
 // columns holds one shard's events as the column arrays insertSQL unnests.
 type columns struct {
 	topic, key, typ, source, subject, correlation, causation, trace []string
-	id                                                              []uuid.UUID
+	id                                                              [][16]byte // not []uuid.UUID, which pgx encodes through its text
 	sequence                                                        []int64
 	time                                                            []time.Time
 	payload                                                         [][]byte

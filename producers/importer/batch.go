@@ -2,11 +2,15 @@ package importer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tally-dev/tally/internal/envelope"
 	"github.com/tally-dev/tally/internal/outbox"
@@ -29,8 +33,11 @@ type batch[T any] struct {
 func (k kind[T]) columnList() []column { return k.columns }
 func (k kind[T]) exampleRow() []string { return k.example }
 
-// run reads the file's rows in batches and writes each: a goroutine reads
-// and decodes the next batch while the current one is written.
+// run reads the file's rows in batches and writes them: a goroutine reads
+// and decodes batches while the writers write them, each batch in a
+// transaction of its own when the pass stores (so writers overlap: one
+// inserts its records while another holds the outbox's shards to append
+// its events), or else one after the other in j.tx.
 func (k kind[T]) run(ctx context.Context, j *job, store bool) error {
 	rd, err := j.file.reader(k.columns)
 	if err != nil {
@@ -38,25 +45,34 @@ func (k kind[T]) run(ctx context.Context, j *job, store bool) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	batches := make(chan *batch[T], 1)
+	n := 1
+	if store {
+		n = writers
+	}
+	batches := make(chan *batch[T], n)
 	var readErr error
 	go func() {
 		defer close(batches)
 		readErr = k.read(ctx, rd, j.opts.Meta, batches)
 	}()
-	var writeErr error
-	for b := range batches {
-		if writeErr != nil {
-			continue // drain, so the reader ends
-		}
-		if writeErr = k.write(ctx, j, b, store); writeErr != nil {
-			cancel()
-			continue
-		}
-		if j.opts.Progress != nil {
-			j.opts.Progress(j.rep.Processed, j.rep.Rows)
-		}
+	var (
+		wg       sync.WaitGroup
+		once     sync.Once
+		writeErr error
+	)
+	for range n {
+		wg.Go(func() {
+			for b := range batches {
+				if ctx.Err() != nil {
+					continue // drain, so that the reader ends
+				}
+				if err := k.write(ctx, j, b, store); err != nil {
+					once.Do(func() { writeErr = err; cancel() })
+				}
+			}
+		})
 	}
+	wg.Wait()
 	if writeErr != nil {
 		return writeErr
 	}
@@ -67,7 +83,8 @@ func (k kind[T]) run(ctx context.Context, j *job, store bool) error {
 func (k kind[T]) read(ctx context.Context, rd *reader, meta billing.Meta, out chan<- *batch[T]) error {
 	for {
 		meta.Now = time.Now()
-		b := &batch[T]{}
+		b := &batch[T]{records: make([]T, 0, batchRows), lines: make([]int64, 0, batchRows),
+			events: make([]envelope.Event, 0, batchRows)}
 		for b.rows < batchRows {
 			vals, width, err := rd.next()
 			if err == io.EOF {
@@ -106,11 +123,23 @@ func (k kind[T]) read(ctx context.Context, rd *reader, meta billing.Meta, out ch
 	}
 }
 
-// write writes a batch: its records in one statement, then, when the pass
-// stores, the import's progress, the batch's row errors and the created
-// events, and the commit, in one round trip. A pass that does not store
-// writes in j.tx, which it rolls back at its end.
+// write writes a batch, retrying it should its transaction deadlock (two
+// writers inserting the same external_ids in opposite orders).
 func (k kind[T]) write(ctx context.Context, j *job, b *batch[T], store bool) error {
+	for attempt := 1; ; attempt++ {
+		err := k.writeOnce(ctx, j, b, store)
+		var pe *pgconn.PgError
+		if !store || attempt == 3 || !errors.As(err, &pe) || pe.Code != "40P01" {
+			return err
+		}
+	}
+}
+
+// writeOnce writes a batch: its records in one statement, then, when the
+// pass stores, the batch's row errors, the import's progress and the
+// created events, and the commit, in one round trip. A pass that does not
+// store writes in j.tx, which it rolls back at its end.
+func (k kind[T]) writeOnce(ctx context.Context, j *job, b *batch[T], store bool) error {
 	tx := j.tx
 	if store {
 		var err error
@@ -123,37 +152,38 @@ func (k kind[T]) write(ctx context.Context, j *job, b *batch[T], store bool) err
 	if err != nil {
 		return fmt.Errorf("writing %d %s: %w", len(b.records), k.name, err)
 	}
-	r := &j.rep
+	t := tally{rows: b.rows, rejected: b.rejected}
+	errs := slices.Clip(b.errs) // a retry starts again from the errors of the reading
 	evs := make([]envelope.Event, 0, len(b.events))
 	for i, o := range outs {
 		switch {
 		case o == billing.Created:
 			evs = append(evs, b.events[i])
-			r.Created++
+			t.created++
 		case o == billing.Duplicate:
-			r.Duplicates++
+			t.duplicates++
 		case k.rejected != nil:
 			col, code, msg := k.rejected(o)
-			b.errs = append(b.errs, RowError{Row: b.lines[i], Column: col, Code: code, Message: msg})
-			b.rejected++
+			errs = append(errs, RowError{Row: b.lines[i], Column: col, Code: code, Message: msg})
+			t.rejected++
 		default:
 			return fmt.Errorf("writing the %s of row %d: unexpected outcome %d", k.name, b.lines[i], o)
 		}
 	}
-	r.Processed += b.rows
-	r.Rejected += b.rejected
-	j.reject(b.errs)
+	j.reserve(&t, errs)
 	if !store {
+		j.add(&t, false)
 		return nil
 	}
 	var last pgx.Batch
-	j.queueProgress(&last)
+	j.queueProgress(&last, &t)
 	if err := outbox.QueueBulk(&last, evs...); err != nil {
 		return fmt.Errorf("writing the events of %s: %w", k.name, err)
 	}
 	if err := tx.Commit(ctx, &last); err != nil {
 		return fmt.Errorf("committing %d %s: %w", len(evs), k.name, err)
 	}
+	j.add(&t, true)
 	if len(evs) > 0 {
 		j.im.notify()
 	}

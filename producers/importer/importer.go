@@ -36,6 +36,7 @@ package importer
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -44,6 +45,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -241,7 +243,7 @@ type Options struct {
 	// when it is read).
 	Meta billing.Meta
 	// Progress, when set, is called after each batch with the rows done
-	// and the file's rows, from the goroutine that called Import.
+	// and the file's rows, one call at a time.
 	Progress func(done, total int64)
 }
 
@@ -258,9 +260,8 @@ type Report struct {
 	Created    int64  `json:"created"`
 	Duplicates int64  `json:"duplicates"`
 	Rejected   int64  `json:"rejected"` // rows with errors
-	// Errors are the first MaxReportedErrors row errors, in row order
-	// within each batch; ErrorsTotal counts them all (a row may have
-	// several).
+	// Errors are the first MaxReportedErrors row errors found, in row
+	// order; ErrorsTotal counts them all (a row may have several).
 	Errors      []RowError `json:"errors"`
 	ErrorsTotal int64      `json:"errors_total"`
 	Failure     string     `json:"failure,omitempty"` // why a failed import failed
@@ -275,6 +276,10 @@ type Importer struct {
 	notify func()
 }
 
+// writers is how many batches an import writes at once, each on a
+// connection of its own.
+const writers = 2
+
 // New returns an Importer writing to pool. notify, when set, is called
 // after each commit that wrote events, to wake relays (outbox.Notifier).
 func New(pool *pgxpool.Pool, notify func()) *Importer {
@@ -286,12 +291,54 @@ func New(pool *pgxpool.Pool, notify func()) *Importer {
 
 // job is one import under way.
 type job struct {
-	im      *Importer
-	opts    Options
-	file    *File
-	rep     Report
-	pending int          // errors of rep.Errors not stored yet (from the end)
-	tx      *postgres.Tx // the transaction of a pass that does not store
+	im   *Importer
+	opts Options
+	file *File
+	tx   *postgres.Tx // the transaction of a pass that does not store
+
+	mu       sync.Mutex // guards what follows, which the writers of a pass share
+	rep      Report
+	reserved int        // places taken among the MaxReportedErrors kept errors
+	unstored []RowError // kept errors of a pass that did not store, for finish to store
+}
+
+// tally is what one batch adds to an import.
+type tally struct {
+	rows, created, duplicates, rejected, errors int64
+	kept                                        []RowError // its errors within MaxReportedErrors
+	first                                       int        // the place of kept[0] among them
+}
+
+// reserve sorts a batch's errors by row and takes their places among the
+// kept errors, as far as there are places.
+func (j *job) reserve(t *tally, errs []RowError) {
+	slices.SortStableFunc(errs, func(a, b RowError) int { return cmp.Compare(a.Row, b.Row) })
+	t.errors = int64(len(errs))
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	t.first = j.reserved
+	t.kept = errs[:min(len(errs), MaxReportedErrors-j.reserved)]
+	j.reserved += len(t.kept)
+}
+
+// add adds a batch to the report: once it is committed, or, in a pass
+// that does not store, at once (its errors are then finish's to store).
+func (j *job) add(t *tally, stored bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	r := &j.rep
+	r.Processed += t.rows
+	r.Created += t.created
+	r.Duplicates += t.duplicates
+	r.Rejected += t.rejected
+	r.ErrorsTotal += t.errors
+	r.Errors = append(r.Errors, t.kept...)
+	if !stored {
+		j.unstored = append(j.unstored, t.kept...)
+	}
+	if j.opts.Progress != nil {
+		j.opts.Progress(r.Processed, r.Rows)
+	}
 }
 
 // Import imports f and returns its report. Rows the file rejects are in
@@ -349,10 +396,11 @@ func (j *job) run(ctx context.Context, k runner) error {
 		if j.rep.Rejected > 0 {
 			j.rep.Failure = fmt.Sprintf("%d of the %d rows were rejected, so none was imported (mode %s)",
 				j.rep.Rejected, j.rep.Rows, AllOrNothing)
-			j.rep.Created, j.pending = 0, len(j.rep.Errors)
+			j.rep.Created = 0
 			return nil
 		}
 		j.rep.Processed, j.rep.Created, j.rep.Duplicates = 0, 0, 0
+		j.reserved, j.unstored = 0, nil
 	}
 	return j.pass(ctx, k, true)
 }
@@ -375,6 +423,7 @@ func (j *job) pass(ctx context.Context, k runner, store bool) error {
 
 // finished completes the report of an import that ends now.
 func (j *job) finished() Report {
+	slices.SortStableFunc(j.rep.Errors, func(a, b RowError) int { return cmp.Compare(a.Row, b.Row) })
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	j.rep.UpdatedAt, j.rep.FinishedAt = now, &now
 	j.rep.Status = StatusCompleted
@@ -402,8 +451,8 @@ type completed struct {
 	FinishedAt time.Time `json:"finished_at"`
 }
 
-// finish records the end of an import, its last errors and its
-// tally.import.completed.v1, in one transaction.
+// finish records the end of an import, the errors it has not stored and
+// its tally.import.completed.v1, in one transaction.
 func (j *job) finish(ctx context.Context) error {
 	r := j.rep
 	payload, err := json.Marshal(completed{ID: r.ID, Type: r.Type, Status: r.Status, Mode: r.Mode, Filename: r.Filename,
@@ -422,9 +471,11 @@ func (j *job) finish(ctx context.Context) error {
 	}
 	defer tx.Rollback(ctx)
 	var b pgx.Batch
-	j.queueProgress(&b)
-	b.Queue(`UPDATE imports SET status = $2, failure = $3, finished_at = $4 WHERE id = $1`,
-		r.ID, r.Status, r.Failure, r.FinishedAt)
+	queueErrors(&b, r.ID, 0, j.unstored)
+	b.Queue(`UPDATE imports SET status = $2, failure = $3, processed = $4, created = $5, duplicates = $6,
+			rejected = $7, errors = $8, updated_at = $9, finished_at = $9
+		WHERE id = $1`,
+		r.ID, r.Status, r.Failure, r.Processed, r.Created, r.Duplicates, r.Rejected, r.ErrorsTotal, r.FinishedAt)
 	if err := outbox.Queue(&b, ev); err != nil {
 		return err
 	}
@@ -435,34 +486,29 @@ func (j *job) finish(ctx context.Context) error {
 	return nil
 }
 
-// queueProgress queues the storing of the import's counts and of the
-// errors not stored yet.
-func (j *job) queueProgress(b *pgx.Batch) {
-	r := &j.rep
-	if j.pending > 0 {
-		errs := r.Errors[len(r.Errors)-j.pending:]
-		n, row := make([]int32, len(errs)), make([]int64, len(errs))
-		col, code, msg := make([]string, len(errs)), make([]string, len(errs)), make([]string, len(errs))
-		for i, e := range errs {
-			n[i], row[i], col[i], code[i], msg[i] = int32(len(r.Errors)-j.pending+i), e.Row, e.Column, e.Code, e.Message
-		}
-		b.Queue(`INSERT INTO import_errors (import_id, n, row, "column", code, message)
-			SELECT $1, * FROM unnest($2::int[], $3::bigint[], $4::text[], $5::text[], $6::text[])`,
-			r.ID, n, row, col, code, msg)
-		j.pending = 0
-	}
-	b.Queue(`UPDATE imports SET processed = $2, created = $3, duplicates = $4, rejected = $5, errors = $6,
-		updated_at = now() WHERE id = $1`, r.ID, r.Processed, r.Created, r.Duplicates, r.Rejected, r.ErrorsTotal)
+// queueProgress queues the storing of what a batch adds to its import:
+// its counts and its kept errors.
+func (j *job) queueProgress(b *pgx.Batch, t *tally) {
+	queueErrors(b, j.rep.ID, t.first, t.kept)
+	b.Queue(`UPDATE imports SET processed = processed + $2, created = created + $3, duplicates = duplicates + $4,
+			rejected = rejected + $5, errors = errors + $6, updated_at = now()
+		WHERE id = $1`, j.rep.ID, t.rows, t.created, t.duplicates, t.rejected, t.errors)
 }
 
-// reject counts a batch's row errors into the report, sorted by row, and
-// keeps the first MaxReportedErrors.
-func (j *job) reject(errs []RowError) {
-	slices.SortStableFunc(errs, func(a, b RowError) int { return int(a.Row - b.Row) })
-	j.rep.ErrorsTotal += int64(len(errs))
-	keep := min(len(errs), MaxReportedErrors-len(j.rep.Errors))
-	j.rep.Errors = append(j.rep.Errors, errs[:keep]...)
-	j.pending += keep
+// queueErrors queues the storing of errs, the errors of import id from the
+// first-th on.
+func queueErrors(b *pgx.Batch, id string, first int, errs []RowError) {
+	if len(errs) == 0 {
+		return
+	}
+	n, row := make([]int32, len(errs)), make([]int64, len(errs))
+	col, code, msg := make([]string, len(errs)), make([]string, len(errs)), make([]string, len(errs))
+	for i, e := range errs {
+		n[i], row[i], col[i], code[i], msg[i] = int32(first+i), e.Row, e.Column, e.Code, e.Message
+	}
+	b.Queue(`INSERT INTO import_errors (import_id, n, row, "column", code, message)
+		SELECT $1, * FROM unnest($2::int[], $3::bigint[], $4::text[], $5::text[], $6::text[])`,
+		id, n, row, col, code, msg)
 }
 
 // Get reads the report of import id; ErrNotFound (billing's) if there is
@@ -484,7 +530,7 @@ func Get(ctx context.Context, q billing.Querier, id string) (Report, error) {
 		*r.FinishedAt = r.FinishedAt.UTC()
 	}
 	rows, err := q.Query(ctx, `SELECT row, "column", code, message FROM import_errors
-		WHERE import_id = $1 ORDER BY n LIMIT $2`, id, MaxReportedErrors)
+		WHERE import_id = $1 ORDER BY row, n LIMIT $2`, id, MaxReportedErrors)
 	if err != nil {
 		return Report{}, fmt.Errorf("reading the errors of import %q: %w", id, err)
 	}

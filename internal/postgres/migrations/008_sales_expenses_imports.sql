@@ -76,7 +76,6 @@ CREATE TABLE imports (
     rejected    bigint      NOT NULL DEFAULT 0,
     errors      bigint      NOT NULL DEFAULT 0, -- row errors, of which import_errors keeps the first ones
     failure     text        NOT NULL DEFAULT '', -- why a failed import failed
-    version     bigint      NOT NULL,
     started_at  timestamptz NOT NULL,
     updated_at  timestamptz NOT NULL,
     finished_at timestamptz
