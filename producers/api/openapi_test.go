@@ -130,7 +130,7 @@ func TestOpenAPIDocumentIsValid(t *testing.T) {
 	}
 	want := []string{api.ProblemMalformed, api.ProblemValidation, api.ProblemNotFound, api.ProblemGone,
 		api.ProblemConflict, api.ProblemIdempotencyReuse, api.ProblemTooLarge, api.ProblemMediaType,
-		api.ProblemMethod, api.ProblemUnavailable, api.ProblemInternal}
+		api.ProblemMethod, api.ProblemUnavailable, api.ProblemInternal, api.ProblemInvalidCSV}
 	slices.Sort(got)
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
@@ -542,6 +542,10 @@ func everyOperation() []request {
 		{"PATCH", rExpense, "/v1/expenses/e1", obj{"amount": 1}},
 		{"DELETE", rExpense, "/v1/expenses/e1", nil},
 		{"GET", rExpenseEvents, "/v1/expenses/e1/events", nil},
+		upload(rUploadSales, "", "external_id,customer_id,currency,amount,date\ne1,c1,USD,1.00,2025-03-01\n"),
+		upload(rUploadCustomers, "", "name,email\nAda,ada@example.com\n"),
+		upload(rUploadExpenses, "dry_run=true", "category,currency,amount,date\nrent,USD,1.00,2025-03-01\n"),
+		{"GET", rImport, "/v1/imports/imp-1", nil},
 		{"GET", rRevenueInvoice, "/v1/revenue/invoices/i1", nil},
 		{"GET", rDLQ, rDLQ, nil},
 		{"GET", rParked, "/v1/dlq/1", nil},
@@ -583,6 +587,8 @@ func TestOpenAPIDescribesEveryResponse(t *testing.T) {
 		t.Run("invoices", testInvoices)
 		t.Run("sales", testSales)
 		t.Run("expenses", testExpenses)
+		t.Run("imports", testImports)
+		t.Run("import errors", testImportErrors)
 		t.Run("trail", testTrail)
 		t.Run("revenue projection", testRevenueProjection)
 		t.Run("dead-letter queue", testDLQ)
@@ -1159,7 +1165,8 @@ func testBroken(t *testing.T) {
 	if _, err := pool.Exec(context.Background(),
 		`ALTER TABLE customers RENAME TO customers_gone; ALTER TABLE invoices RENAME TO invoices_gone;
 		 ALTER TABLE revenue_invoices RENAME TO revenue_invoices_gone; ALTER TABLE consumer_parked RENAME TO consumer_parked_gone;
-		 ALTER TABLE sales RENAME TO sales_gone; ALTER TABLE expenses RENAME TO expenses_gone`); err != nil {
+		 ALTER TABLE sales RENAME TO sales_gone; ALTER TABLE expenses RENAME TO expenses_gone;
+		 ALTER TABLE imports RENAME TO imports_gone`); err != nil {
 		t.Fatal(err)
 	}
 	s := serve(t, pool, defaultConfig)

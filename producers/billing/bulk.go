@@ -25,8 +25,8 @@ const (
 
 // The bulk inserts write records made by NewSale, NewCustomer and
 // NewExpense (their created events are the caller's to write) in one
-// statement, skipping duplicates by external_id, and return the outcome of
-// each record, in order. They are the CSV importer's write path: one
+// statement, skipping duplicates by external_id (of records that share one,
+// the first is written), and return the outcome of each record, in order. They are the CSV importer's write path: one
 // statement per few thousand rows rather than one per row.
 //
 // The gotcha: a duplicate is recognised by the unique index, which makes a
@@ -65,6 +65,7 @@ WITH u AS (
 	SELECT id, NULLIF(external_id, ''), customer_id, currency, amount, quantity, NULLIF(product, ''), date, refunded,
 		'active', version, created_at, created_at
 	FROM u WHERE EXISTS (SELECT 1 FROM customers c WHERE c.id = u.customer_id)
+	ORDER BY n
 	ON CONFLICT (external_id) DO NOTHING
 	RETURNING id
 )
@@ -96,6 +97,7 @@ WITH u AS (
 	SELECT id, NULLIF(external_id, ''), category, NULLIF(vendor, ''), currency, amount, date, cogs, 'active', version,
 		created_at, created_at
 	FROM u
+	ORDER BY n
 	ON CONFLICT (external_id) DO NOTHING
 	RETURNING id
 )
@@ -126,6 +128,7 @@ WITH u AS (
 ), ins AS (
 	INSERT INTO customers (id, external_id, name, email, version, created_at, updated_at)
 	SELECT id, external_id, name, email, version, created_at, created_at FROM u WHERE k = 1
+	ORDER BY n
 	ON CONFLICT DO NOTHING
 	RETURNING id, external_id
 )

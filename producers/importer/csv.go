@@ -81,6 +81,7 @@ type reader struct {
 	cols  []int // for each column of the type, its field in the file, or -1
 	width int   // fields per row, from the header
 	line  int   // the line the last record started on (the header's is 1)
+	end   int64 // the offset where the last record ended
 	vals  []string
 }
 
@@ -164,8 +165,12 @@ func (rd *reader) read() ([]string, error) {
 		return nil, fmt.Errorf("reading the file: %w", err)
 	}
 	line, _ := rd.csv.FieldPos(0)
-	rd.line = line
-	rd.lim.limit = rd.csv.InputOffset() + MaxRowBytes + csvReadAhead
+	end := rd.csv.InputOffset()
+	if end-rd.end > MaxRowBytes {
+		return nil, &FileError{Line: line, Reason: fmt.Sprintf("the row is longer than %d bytes", MaxRowBytes)}
+	}
+	rd.line, rd.end = line, end
+	rd.lim.limit = end + MaxRowBytes + csvReadAhead
 	for _, f := range rec {
 		if !utf8.ValidString(f) {
 			reason := "the file is not UTF-8; save it as UTF-8"

@@ -364,6 +364,7 @@ func (im *Importer) Import(ctx context.Context, f *File, opts Options) (Report, 
 		if err := j.pass(ctx, k, false); err != nil {
 			return Report{}, err
 		}
+		j.judge()
 		return j.finished(), nil
 	}
 	j.rep.ID = billing.NewID("imp")
@@ -393,16 +394,25 @@ func (j *job) run(ctx context.Context, k runner) error {
 		if err := j.pass(ctx, k, false); err != nil {
 			return err
 		}
-		if j.rep.Rejected > 0 {
-			j.rep.Failure = fmt.Sprintf("%d of the %d rows were rejected, so none was imported (mode %s)",
-				j.rep.Rejected, j.rep.Rows, AllOrNothing)
-			j.rep.Created = 0
+		if j.judge() {
 			return nil
 		}
 		j.rep.Processed, j.rep.Created, j.rep.Duplicates = 0, 0, 0
 		j.reserved, j.unstored = 0, nil
 	}
 	return j.pass(ctx, k, true)
+}
+
+// judge fails an all_or_nothing import whose check pass rejected rows: it
+// creates nothing. It reports whether it did.
+func (j *job) judge() bool {
+	if j.opts.Mode != AllOrNothing || j.rep.Rejected == 0 {
+		return false
+	}
+	j.rep.Failure = fmt.Sprintf("%d of the %d rows were rejected, so none was imported (mode %s)",
+		j.rep.Rejected, j.rep.Rows, AllOrNothing)
+	j.rep.Created = 0
+	return true
 }
 
 // pass reads the file's rows once. A pass that stores commits each batch;
