@@ -31,7 +31,7 @@ const idleTimeout = time.Minute
 func (a *API) upload(typ string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		opts := importer.Options{Meta: meta(r)}
-		opts.Meta.Source = ImportSource
+		opts.Meta.Source = importer.Source
 		settings := r.URL.Query()
 		if fe := importSettings(settings, &opts); fe != nil {
 			writeProblem(w, r, validationProblem(*fe))
@@ -79,9 +79,6 @@ func (a *API) upload(typ string) http.HandlerFunc {
 		writeJSON(w, http.StatusCreated, rep)
 	}
 }
-
-// ImportSource is the ce_source of the events of imports.
-const ImportSource = "/tally/import"
 
 // readUpload reads the parts of an upload: the file, checked, and the
 // form fields.

@@ -178,7 +178,7 @@ func testImports(t *testing.T) {
 	}
 	json.Unmarshal(payload, &p)
 	if p["external_id"] != "o-1" || p["product"] != "Pro plan" || p["date"] != "2025-03-01" || p["amount"] != 123456.0 ||
-		p["quantity"] != 2.0 || p["refunded_amount"] != 0.0 || p["status"] != "active" || source != api.ImportSource || seq != 1 {
+		p["quantity"] != 2.0 || p["refunded_amount"] != 0.0 || p["status"] != "active" || source != importer.Source || seq != 1 {
 		t.Errorf("the created event of o-1 is %s from %s, sequence %d", payload, source, seq)
 	}
 	if n := count(t, s.pool, `SELECT count(*) FROM outbox WHERE type = 'tally.sale.created.v1'

@@ -57,6 +57,9 @@ import (
 	"github.com/tally-dev/tally/producers/billing"
 )
 
+// Source is the ce_source of the events imports write.
+const Source = "/tally/import"
+
 // Import modes.
 const (
 	Partial      = "partial"        // write the rows that pass, reject the others
