@@ -80,7 +80,7 @@ const MaxReportedErrors = 1000
 // batchRows is how many rows an import writes per transaction: enough that
 // per-statement costs vanish, few enough that a batch holds the outbox
 // shards (see outbox) only for a moment.
-const batchRows = 4000
+const batchRows = 2000
 
 // Errors of Check and Import beside *FileError.
 var (
