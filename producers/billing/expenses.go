@@ -60,21 +60,8 @@ func (in ExpenseInput) apply(p *problems, e *Expense, creating bool) {
 		checkOptionalText(p, "vendor", *in.Vendor, maxVendorCh, creating)
 		e.Vendor = *in.Vendor
 	}
-	switch {
-	case in.Currency != nil:
-		checkCurrency(p, "currency", *in.Currency)
-		e.Currency = *in.Currency
-	case creating:
-		p.required("currency")
-	}
-	switch {
-	case in.Amount != nil && *in.Amount < 0:
-		p.add("amount", "must not be negative")
-	case in.Amount != nil:
-		e.Amount = *in.Amount
-	case creating:
-		p.required("amount")
-	}
+	setCurrency(p, in.Currency, &e.Currency, creating)
+	setAmount(p, in.Amount, &e.Amount, creating)
 	if d, ok := parseDate(p, "date", in.Date, creating); ok {
 		e.Date = d
 	}

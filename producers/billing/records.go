@@ -189,10 +189,30 @@ func (k kind[T]) saved(tx Tx, m Meta, change string, v T) (T, []envelope.Event, 
 	return v, []envelope.Event{ev}, nil
 }
 
-// checkCurrency validates an ISO 4217 code.
-func checkCurrency(p *problems, field, code string) {
-	if _, err := money.ParseCurrency(code); err != nil {
-		p.add(field, "must be an ISO 4217 code such as USD")
+// setCurrency validates the currency of a new record or a patch and
+// applies it to dst.
+func setCurrency(p *problems, in *string, dst *string, creating bool) {
+	switch {
+	case in != nil:
+		if _, err := money.ParseCurrency(*in); err != nil {
+			p.add("currency", "must be an ISO 4217 code such as USD")
+		}
+		*dst = *in
+	case creating:
+		p.required("currency")
+	}
+}
+
+// setAmount validates the amount of a new record or a patch and applies it
+// to dst.
+func setAmount(p *problems, in *int64, dst *int64, creating bool) {
+	switch {
+	case in != nil && *in < 0:
+		p.add("amount", "must not be negative")
+	case in != nil:
+		*dst = *in
+	case creating:
+		p.required("amount")
 	}
 }
 

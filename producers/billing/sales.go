@@ -56,21 +56,8 @@ func (in SaleInput) apply(p *problems, s *Sale, creating bool) {
 	case creating:
 		p.required("customer_id")
 	}
-	switch {
-	case in.Currency != nil:
-		checkCurrency(p, "currency", *in.Currency)
-		s.Currency = *in.Currency
-	case creating:
-		p.required("currency")
-	}
-	switch {
-	case in.Amount != nil && *in.Amount < 0:
-		p.add("amount", "must not be negative")
-	case in.Amount != nil:
-		s.Amount = *in.Amount
-	case creating:
-		p.required("amount")
-	}
+	setCurrency(p, in.Currency, &s.Currency, creating)
+	setAmount(p, in.Amount, &s.Amount, creating)
 	if in.Quantity != nil {
 		if *in.Quantity < 1 || *in.Quantity > maxQuantity {
 			p.add("quantity", "must be from 1 to %d", maxQuantity)

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"mime/multipart"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,9 +18,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tally-dev/tally/internal/observe"
-	"github.com/tally-dev/tally/internal/outbox"
-	"github.com/tally-dev/tally/producers/api"
 	"github.com/tally-dev/tally/producers/importer"
 )
 
@@ -35,7 +31,8 @@ type ImportFigures struct {
 // a client uploads it: the file is generated in a temporary directory,
 // streamed as multipart/form-data to POST /api/v1/data/upload-sales-csv
 // served as `tally api` serves it (its timeouts included), and imported
-// in mode partial. The relay does not run: it would publish the events
+// in mode partial; the server's timeouts are those of tally api, which the
+// upload outlasts. The relay does not run: it would publish the events
 // afterwards. Peak memory is this process's (API, importer and client
 // together), reset before the upload (Linux: /proc/self/clear_refs).
 func Import(ctx context.Context, serverURL string, rows int, log *slog.Logger) (ImportFigures, error) {
@@ -60,29 +57,18 @@ func Import(ctx context.Context, serverURL string, rows int, log *slog.Logger) (
 		return ImportFigures{}, fmt.Errorf("writing %s: %w", path, err)
 	}
 
-	notifier := outbox.NewNotifier(db.pool, log)
-	nctx, ncancel := context.WithCancel(ctx)
-	defer ncancel()
-	go notifier.Run(nctx)
-	mux := http.NewServeMux()
-	api.New(db.pool, notifier, log, api.Config{MaxBodyBytes: 1 << 20, IdempotencyTTL: time.Hour}).Register(mux)
-	handler := observe.NewHTTPMetrics(observe.NewRegistry()).Wrap(observe.NewTracer(), mux, api.Handler(mux))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	base, stop, err := serveAPI(ctx, db.pool, log)
 	if err != nil {
 		return ImportFigures{}, err
 	}
-	// The timeouts of tally api (internal/cli): the upload outlasts them.
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 30 * time.Second}
-	go srv.Serve(ln)
-	defer srv.Close()
+	defer stop()
 
 	runtime.GC()
 	debug.FreeOSMemory()
 	// Writing 5 to clear_refs resets the kernel's high-water mark (Linux).
 	peak := peakSampler(os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil)
 	start := time.Now()
-	rep, err := postFile(ctx, "http://"+ln.Addr().String()+"/api/v1/data/upload-sales-csv", path)
+	rep, err := postFile(ctx, base+"/api/v1/data/upload-sales-csv", path)
 	elapsed := time.Since(start)
 	if err != nil {
 		return ImportFigures{}, err
