@@ -156,15 +156,15 @@ func (k kind[T]) writeOnce(ctx context.Context, j *job, b *batch[T], store bool)
 	errs := slices.Clip(b.errs) // a retry starts again from the errors of the reading
 	evs := make([]envelope.Event, 0, len(b.events))
 	for i, o := range outs {
-		switch {
+		switch re, rejected := k.rejects[o]; {
 		case o == billing.Created:
 			evs = append(evs, b.events[i])
 			t.created++
 		case o == billing.Duplicate:
 			t.duplicates++
-		case k.rejected != nil:
-			col, code, msg := k.rejected(o)
-			errs = append(errs, RowError{Row: b.lines[i], Column: col, Code: code, Message: msg})
+		case rejected:
+			re.Row = b.lines[i]
+			errs = append(errs, re)
 			t.rejected++
 		default:
 			return fmt.Errorf("writing the %s of row %d: unexpected outcome %d", k.name, b.lines[i], o)

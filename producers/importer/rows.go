@@ -163,9 +163,9 @@ type kind[T any] struct {
 	decode func(d *decoder, m billing.Meta, v []string) T
 	insert func(ctx context.Context, q billing.Querier, records []T) ([]billing.Outcome, error)
 	event  func(m billing.Meta, record T) (envelope.Event, error)
-	// rejected says what an outcome other than Created or Duplicate means
-	// for the row; nil for a kind whose insert has no other outcome.
-	rejected func(billing.Outcome) (column, code, message string)
+	// rejects are the errors of the rows the insert refused, by outcome
+	// (other than Created and Duplicate); Row is left to fill.
+	rejects map[billing.Outcome]RowError
 }
 
 // Column indexes of each kind's values.
@@ -225,8 +225,8 @@ var sales = kind[billing.Sale]{
 	},
 	insert: billing.InsertSales,
 	event:  billing.SaleCreated,
-	rejected: func(billing.Outcome) (string, string, string) {
-		return "customer_id", CodeUnknownCustomer, "no customer has this id"
+	rejects: map[billing.Outcome]RowError{
+		billing.UnknownCustomer: {Column: "customer_id", Code: CodeUnknownCustomer, Message: "no customer has this id"},
 	},
 }
 
@@ -249,8 +249,8 @@ var customers = kind[billing.Customer]{
 	},
 	insert: billing.InsertCustomers,
 	event:  billing.CustomerCreated,
-	rejected: func(billing.Outcome) (string, string, string) {
-		return "id", CodeIDTaken, "another customer has this id"
+	rejects: map[billing.Outcome]RowError{
+		billing.IDTaken: {Column: "id", Code: CodeIDTaken, Message: "another customer has this id"},
 	},
 }
 
