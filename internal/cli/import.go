@@ -80,7 +80,7 @@ func runImport(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) 
 	bar := progress.New(e.Stderr, label+" "+filepath.Base(path), "rows")
 	id := envelope.NewID().String()
 	rep, err := importer.New(pool, notifier.Notify).Import(ctx, file, importer.Options{
-		Mode: importOpts.mode, DryRun: importOpts.dryRun, Filename: filepath.Base(path),
+		Mode: importOpts.mode, DryRun: importOpts.dryRun, Filename: importer.CleanFilename(path),
 		Meta:     billing.Meta{Source: importer.Source, CorrelationID: id, CausationID: id},
 		Progress: bar.Update,
 	})

@@ -49,7 +49,7 @@ func (a *API) upload(typ string) http.HandlerFunc {
 			writeProblem(w, r, Problem{Type: ProblemMalformed, Status: http.StatusBadRequest, Detail: "reading the multipart body: " + err.Error()})
 			return
 		}
-		file, form, err := readUpload(mr, typ)
+		file, name, form, err := readUpload(mr, typ)
 		if file != nil {
 			defer file.Close()
 		}
@@ -58,6 +58,7 @@ func (a *API) upload(typ string) http.HandlerFunc {
 			return
 		}
 		rc.SetReadDeadline(time.Time{}) // the body is read; a stalled import is not the client's
+		opts.Filename = importer.CleanFilename(name)
 		for k, vs := range form {
 			settings[k] = vs
 		}
@@ -80,43 +81,41 @@ func (a *API) upload(typ string) http.HandlerFunc {
 	}
 }
 
-// readUpload reads the parts of an upload: the file, checked, and the
-// form fields.
-func readUpload(mr *multipart.Reader, typ string) (*importer.File, url.Values, error) {
-	var (
-		file *importer.File
-		form = url.Values{}
-	)
+// readUpload reads the parts of an upload: the file, checked, its name,
+// and the form fields.
+func readUpload(mr *multipart.Reader, typ string) (file *importer.File, name string, form url.Values, err error) {
+	form = url.Values{}
 	for {
 		part, err := mr.NextPart()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return file, nil, fmt.Errorf("reading the multipart body: %w", err)
+			return file, "", nil, fmt.Errorf("reading the multipart body: %w", err)
 		}
-		switch name := part.FormName(); name {
+		switch field := part.FormName(); field {
 		case "file":
 			if file != nil {
-				return file, nil, errors.New(`the body has more than one part named "file"; upload one file at a time`)
+				return file, "", nil, errors.New(`the body has more than one part named "file"; upload one file at a time`)
 			}
 			if file, err = importer.Check(part, typ); err != nil {
-				return nil, nil, err
+				return nil, "", nil, err
 			}
+			name = part.FileName()
 		case "mode", "dry_run":
 			v, err := io.ReadAll(io.LimitReader(part, 64))
 			if err != nil {
-				return file, nil, fmt.Errorf("reading the multipart body: %w", err)
+				return file, "", nil, fmt.Errorf("reading the multipart body: %w", err)
 			}
-			form.Set(name, string(v))
+			form.Set(field, string(v))
 		default:
-			return file, nil, fmt.Errorf("unexpected form field %q: the fields are file, mode and dry_run", name)
+			return file, "", nil, fmt.Errorf("unexpected form field %q: the fields are file, mode and dry_run", field)
 		}
 	}
 	if file == nil {
-		return nil, nil, errors.New(`the body has no part named "file"`)
+		return nil, "", nil, errors.New(`the body has no part named "file"`)
 	}
-	return file, form, nil
+	return file, name, form, nil
 }
 
 // uploadFailed answers an upload whose body could not be read: the

@@ -151,6 +151,9 @@ func testImports(t *testing.T) {
 	if countsOf(rep) != (counts{8, 3, 1, 4, 6}) || !slices.Equal(errorKeys(rep), want) {
 		t.Errorf("imported %+v with errors %v; want 8 rows: 3 created, 1 duplicate, 4 rejected with %v", countsOf(rep), errorKeys(rep), want)
 	}
+	if rep.Filename != "data.csv" {
+		t.Errorf("the report names the file %q, want the upload's data.csv", rep.Filename)
+	}
 	if n := count(t, s.pool, "SELECT count(*) FROM sales") - before; n != 3 {
 		t.Errorf("%d sales written, want 3", n)
 	}
@@ -159,6 +162,7 @@ func testImports(t *testing.T) {
 		r.decode(t, &got)
 	}
 	if got.ID != rep.ID || got.Status != importer.StatusCompleted || countsOf(got) != countsOf(rep) || got.Processed != 8 ||
+		got.Filename != "data.csv" ||
 		!slices.Equal(errorKeys(got), want) || got.FinishedAt == nil || !got.FinishedAt.Equal(*rep.FinishedAt) {
 		t.Errorf("GET /v1/imports/%s is %+v; want the report %+v", rep.ID, got, rep)
 	}

@@ -137,3 +137,19 @@ func TestParseAmount(t *testing.T) {
 		}
 	}
 }
+
+func TestCleanFilename(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"sales.csv":                       "sales.csv",
+		"/home/ada/March sales.csv":       "March sales.csv",
+		`C:\Users\ada\sales.csv`:       "sales.csv",
+		"caf\xe9\n.csv":                   "caf?.csv",
+		"":                                "",
+		strings.Repeat("é", 300) + ".csv": strings.Repeat("é", 255),
+	} {
+		if got := importer.CleanFilename(in); got != want {
+			t.Errorf("CleanFilename(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

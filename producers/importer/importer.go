@@ -8,10 +8,10 @@
 // quoting, rows of at most MaxRowBytes), copying it to a temporary file
 // unless it is one already: a malformed file is refused whole, before
 // anything is written. Import then reads it again, row by row, in batches
-// of a few thousand: each batch is validated, its records written with one
-// statement, their events appended to the outbox with a few more, and the
-// batch committed with the import's progress. So a row is written with its
-// event or not at all, however the import ends.
+// of a few thousand, two written at a time: each batch is validated, its
+// records written with one statement, their events appended to the outbox
+// with a few more, and the batch committed with the import's progress. So a
+// row is written with its event or not at all, however the import ends.
 //
 // Rows are idempotent by their external_id: a row whose external_id exists
 // (imported before, or earlier in the file) is a duplicate and changes
@@ -44,9 +44,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -240,7 +243,7 @@ func (f *File) reader(cols []column) (*reader, error) {
 type Options struct {
 	Mode     string // Partial (the default when empty) or AllOrNothing
 	DryRun   bool   // validate and report, write nothing
-	Filename string // the file's name, for the report
+	Filename string // the file's name, for the report (see CleanFilename)
 	// Meta makes the envelope of the events: their source, correlation
 	// and causation ids and trace (Now is ignored: each batch is stamped
 	// when it is read).
@@ -248,6 +251,25 @@ type Options struct {
 	// Progress, when set, is called after each batch with the rows done
 	// and the file's rows, one call at a time.
 	Progress func(done, total int64)
+}
+
+// CleanFilename makes a name given with a file fit for a report: its base
+// name, valid UTF-8 without control characters, at most 255 characters.
+func CleanFilename(name string) string {
+	name = strings.ToValidUTF8(filepath.Base(strings.ReplaceAll(name, "\\", "/")), "?")
+	name = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return -1
+		}
+		return r
+	}, name)
+	if name == "." || name == "/" {
+		return ""
+	}
+	if r := []rune(name); len(r) > 255 {
+		name = string(r[:255])
+	}
+	return name
 }
 
 // Report is what an import did, as Import returns it and Get reads it.
@@ -379,17 +401,21 @@ func (im *Importer) Import(ctx context.Context, f *File, opts Options) (Report, 
 	err = j.run(ctx, k)
 	if err != nil {
 		j.rep.Failure = err.Error()
-		ctx = context.WithoutCancel(ctx)
+		// Record the failure even if ctx ended, but not forever.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+		defer cancel()
+		err = fmt.Errorf("import %s: %w", j.rep.ID, err)
 	}
 	rep := j.finished()
 	if ferr := j.finish(ctx); ferr != nil {
-		return Report{}, errors.Join(fmt.Errorf("import %s: %w", rep.ID, err), ferr)
+		return Report{}, errors.Join(err, ferr)
 	}
-	if err != nil {
-		return rep, fmt.Errorf("import %s: %w", rep.ID, err)
-	}
-	return rep, nil
+	return rep, err
 }
+
+// finishTimeout bounds the recording of an import's failure.
+const finishTimeout = 10 * time.Second
 
 // run carries out an import that stores.
 func (j *job) run(ctx context.Context, k runner) error {
