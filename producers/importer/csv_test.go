@@ -143,7 +143,7 @@ func TestCleanFilename(t *testing.T) {
 	for in, want := range map[string]string{
 		"sales.csv":                       "sales.csv",
 		"/home/ada/March sales.csv":       "March sales.csv",
-		`C:\Users\ada\sales.csv`:       "sales.csv",
+		`C:\Users\ada\sales.csv`:          "sales.csv",
 		"caf\xe9\n.csv":                   "caf?.csv",
 		"":                                "",
 		strings.Repeat("é", 300) + ".csv": strings.Repeat("é", 255),
