@@ -31,6 +31,8 @@ FUZZTIME ?= 20s
 fuzz:
 	$(GO) test ./internal/envelope -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/money -run '^$$' -fuzz FuzzParseDecimal -fuzztime $(FUZZTIME)
+	$(GO) test ./producers/importer -run '^$$' -fuzz FuzzDecodeRow -fuzztime $(FUZZTIME)
+	$(GO) test ./producers/importer -run '^$$' -fuzz FuzzParseAmount -fuzztime $(FUZZTIME)
 
 ## bench: the speed targets; prints `BENCH <name> <value> <unit>` lines (median of BENCHCOUNT runs)
 bench:

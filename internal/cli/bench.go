@@ -19,6 +19,7 @@ var bench struct {
 	duration time.Duration
 	clients  int
 	only     string
+	rows     int
 }
 
 func benchFlags(fs *flag.FlagSet) {
@@ -28,7 +29,8 @@ func benchFlags(fs *flag.FlagSet) {
 	fs.IntVar(&bench.rate, "rate", 1000, "events per second of the latency benchmark")
 	fs.DurationVar(&bench.duration, "duration", 10*time.Second, "length of one run of the latency and API benchmarks")
 	fs.IntVar(&bench.clients, "clients", 16, "concurrent HTTP clients of the API benchmark")
-	fs.StringVar(&bench.only, "only", "", "run one benchmark: drain, latency, api, consume, rebuild or projection")
+	fs.StringVar(&bench.only, "only", "", "run one benchmark: drain, latency, api, consume, rebuild, projection or import")
+	fs.IntVar(&bench.rows, "rows", 1_000_000, "rows of the sales CSV file the import benchmark uploads")
 }
 
 // runBench measures the speed targets of the outbox, the relay and the API.
@@ -39,13 +41,14 @@ func runBench(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) e
 	if err := noArgs(e.Args); err != nil {
 		return err
 	}
-	if bench.count < 1 || bench.events < 1 || bench.history < 0 || bench.rate < 1 || bench.clients < 1 || bench.duration < time.Second {
-		return usageError{fmt.Errorf("-count, -events, -rate, -clients must be positive and -duration at least 1s")}
+	if bench.count < 1 || bench.events < 1 || bench.history < 0 || bench.rate < 1 || bench.clients < 1 || bench.rows < 1 ||
+		bench.duration < time.Second {
+		return usageError{fmt.Errorf("-count, -events, -rate, -clients, -rows must be positive and -duration at least 1s")}
 	}
 	switch bench.only {
-	case "", "drain", "latency", "api", "consume", "rebuild", "projection":
+	case "", "drain", "latency", "api", "consume", "rebuild", "projection", "import":
 	default:
-		return usageError{fmt.Errorf("-only %q: want drain, latency, api, consume, rebuild or projection", bench.only)}
+		return usageError{fmt.Errorf("-only %q: want drain, latency, api, consume, rebuild, projection or import", bench.only)}
 	}
 	emit := func(f loadgen.Figure) { fmt.Fprintln(e.Stdout, f) }
 	if bench.only == "" || bench.only == "latency" {
@@ -112,6 +115,19 @@ func runBench(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) e
 		}
 		emit(loadgen.Figure{Name: "revenue_rebuild_rate", Value: loadgen.Median(rates), Unit: "events/s"})
 		emit(loadgen.Figure{Name: "revenue_rebuild_live_pause", Value: loadgen.Median(paused), Unit: "ms"})
+	}
+	if bench.only == "" || bench.only == "import" {
+		var rates, peaks []float64
+		for range bench.count {
+			f, err := loadgen.Import(ctx, cfg.DatabaseURL, bench.rows, log)
+			if err != nil {
+				return fmt.Errorf("import benchmark: %w", err)
+			}
+			rates = append(rates, f.Rate)
+			peaks = append(peaks, f.PeakMB)
+		}
+		emit(loadgen.Figure{Name: "import_rows_rate", Value: loadgen.Median(rates), Unit: "rows/s"})
+		emit(loadgen.Figure{Name: "import_peak_rss", Value: loadgen.Median(peaks), Unit: "MB"})
 	}
 	// The drains go last: filling their backlogs writes gigabytes of WAL.
 	if bench.only == "" || bench.only == "drain" {

@@ -43,6 +43,7 @@ func commands() []command {
 		{"replay", "replay <group>: rebuild a group's projections from its topics and swap them in", runReplay, replayFlags},
 		{"dlq", "dlq list|show|replay|skip|purge: the records consumer groups parked, and what to do with the dead ones", runDLQ, nil},
 		{"topics", "topics apply: create missing topics and report drift", runTopics, nil},
+		{"import", "import <type> FILE: import a CSV file of sales, customers or expenses", runImport, importFlags},
 		{"bench", "measure the speed targets against the local PostgreSQL and an embedded broker", runBench, benchFlags},
 	}
 }

@@ -237,3 +237,58 @@ func TestNotifierWakesListeners(t *testing.T) {
 		t.Errorf("no notification after Notify: %v", err)
 	}
 }
+
+// QueueBulk checks every event's envelope and the first event of each type
+// against its schema, and writes the rest as Queue does: in order per key,
+// at gapless positions per shard.
+func TestQueueBulk(t *testing.T) {
+	t.Parallel()
+	pool, _ := testenv.Pool(t)
+	ctx := context.Background()
+	now := time.Now()
+	bulk := func(evs ...envelope.Event) error {
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			var b pgx.Batch
+			if err := outbox.QueueBulk(&b, evs...); err != nil {
+				return err
+			}
+			return tx.SendBatch(ctx, &b).Close()
+		})
+	}
+	badPayload := customerEvent("b", 1, now)
+	badPayload.Data = []byte(`{"id":"b"}`)
+	badEnvelope := customerEvent("c", 1, now)
+	badEnvelope.CorrelationID = ""
+	for name, evs := range map[string][]envelope.Event{
+		"the first of a type breaks its schema": {badPayload, customerEvent("a", 1, now)},
+		"a later event has no correlation id":   {customerEvent("a", 1, now), badEnvelope},
+	} {
+		if err := bulk(evs...); !errors.Is(err, outbox.ErrInvalidEvent) {
+			t.Errorf("%s: error %v, want ErrInvalidEvent", name, err)
+		}
+	}
+	if n := count(t, pool); n != 0 {
+		t.Fatalf("%d rows written by refused bulk writes", n)
+	}
+	var evs []envelope.Event
+	for i := range 300 {
+		evs = append(evs, customerEvent(fmt.Sprintf("k%d", i%100), int64(i/100+1), now))
+	}
+	if err := bulk(evs...); err != nil {
+		t.Fatal(err)
+	}
+	if err := bulk(customerEvent("k0", 4, now)); err != nil {
+		t.Fatal(err)
+	}
+	var gaps, disorder int
+	err := pool.QueryRow(ctx, `SELECT
+			(SELECT count(*) FROM (SELECT shard, max(seq) - count(*) AS gap FROM outbox GROUP BY shard) g WHERE gap <> 0),
+			(SELECT count(*) FROM (SELECT sequence, lag(sequence) OVER (PARTITION BY key ORDER BY seq) AS prev FROM outbox) o
+				WHERE prev IS NOT NULL AND sequence <> prev + 1)`).Scan(&gaps, &disorder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, pool); n != 301 || gaps != 0 || disorder != 0 {
+		t.Errorf("%d rows, %d shards with gaps, %d events out of order; want 301, 0, 0", n, gaps, disorder)
+	}
+}

@@ -26,6 +26,7 @@ import (
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/internal/postgres"
 	"github.com/tally-dev/tally/producers/billing"
+	"github.com/tally-dev/tally/producers/importer"
 )
 
 // Source is the ce_source of the events the API writes.
@@ -44,12 +45,16 @@ type Config struct {
 	// IdempotencyTTL is how long a stored Idempotency-Key response is
 	// replayed; after it, the key is taken as new.
 	IdempotencyTTL time.Duration
+	// MaxImportBytes bounds an uploaded CSV file (413 beyond it); 0 is
+	// DefaultMaxImportBytes.
+	MaxImportBytes int64
 }
 
 // API serves the HTTP API.
 type API struct {
 	pool     *pgxpool.Pool
 	notifier *outbox.Notifier
+	importer *importer.Importer
 	log      *slog.Logger
 	cfg      Config
 }
@@ -57,7 +62,7 @@ type API struct {
 // New returns the API. notifier wakes relays after each commit that wrote
 // events.
 func New(pool *pgxpool.Pool, notifier *outbox.Notifier, log *slog.Logger, cfg Config) *API {
-	return &API{pool: pool, notifier: notifier, log: log, cfg: cfg}
+	return &API{pool: pool, notifier: notifier, importer: importer.New(pool, notifier.Notify), log: log, cfg: cfg}
 }
 
 // Register adds the API's routes to mux.

@@ -13,6 +13,7 @@ import (
 	"github.com/tally-dev/tally/internal/envelope"
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/producers/billing"
+	"github.com/tally-dev/tally/producers/importer"
 )
 
 // command is the shape of every billing command on one aggregate.
@@ -64,19 +65,40 @@ func invoiceLocation(inv billing.InvoiceWithPayments) string {
 	return "/v1/invoices/" + url.PathEscape(inv.ID)
 }
 
+func saleLocation(s billing.Sale) string { return "/v1/sales/" + url.PathEscape(s.ID) }
+
+func expenseLocation(e billing.Expense) string { return "/v1/expenses/" + url.PathEscape(e.ID) }
+
 func (a *API) routes() map[string]http.HandlerFunc {
 	return map[string]http.HandlerFunc{
-		"POST /v1/customers":              mutate(a, http.StatusCreated, customerLocation, false, created(billing.CreateCustomer)),
-		"GET /v1/customers/{id}":          a.read(func(ctx context.Context, id string) (any, error) { return billing.GetCustomer(ctx, a.pool, id) }),
-		"PATCH /v1/customers/{id}":        mutate(a, http.StatusOK, nil, false, billing.UpdateCustomer),
-		"GET /v1/customers/{id}/events":   a.trail("tally.customers.v1", "customers", "customer"),
-		"POST /v1/invoices":               mutate(a, http.StatusCreated, invoiceLocation, false, created(billing.CreateInvoice)),
-		"GET /v1/invoices/{id}":           a.read(func(ctx context.Context, id string) (any, error) { return billing.GetInvoice(ctx, a.pool, id) }),
-		"PATCH /v1/invoices/{id}":         mutate(a, http.StatusOK, nil, false, billing.UpdateInvoice),
-		"DELETE /v1/invoices/{id}":        mutate(a, http.StatusNoContent, nil, true, noInput(billing.DeleteInvoice)),
-		"POST /v1/invoices/{id}/payments": mutate(a, http.StatusCreated, invoiceLocation, false, billing.PayInvoice),
-		"POST /v1/invoices/{id}/void":     mutate(a, http.StatusOK, nil, true, noInput(billing.VoidInvoice)),
-		"GET /v1/invoices/{id}/events":    a.trail("tally.invoices.v1", "invoices", "invoice"),
+		"POST /v1/customers":                           mutate(a, http.StatusCreated, customerLocation, false, created(billing.CreateCustomer)),
+		"GET /v1/customers/{id}":                       a.read(func(ctx context.Context, id string) (any, error) { return billing.GetCustomer(ctx, a.pool, id) }),
+		"PATCH /v1/customers/{id}":                     mutate(a, http.StatusOK, nil, false, billing.UpdateCustomer),
+		"GET /v1/customers/{id}/events":                a.trail("tally.customers.v1", "customers", "customer"),
+		"POST /v1/invoices":                            mutate(a, http.StatusCreated, invoiceLocation, false, created(billing.CreateInvoice)),
+		"GET /v1/invoices/{id}":                        a.read(func(ctx context.Context, id string) (any, error) { return billing.GetInvoice(ctx, a.pool, id) }),
+		"PATCH /v1/invoices/{id}":                      mutate(a, http.StatusOK, nil, false, billing.UpdateInvoice),
+		"DELETE /v1/invoices/{id}":                     mutate(a, http.StatusNoContent, nil, true, noInput(billing.DeleteInvoice)),
+		"POST /v1/invoices/{id}/payments":              mutate(a, http.StatusCreated, invoiceLocation, false, billing.PayInvoice),
+		"POST /v1/invoices/{id}/void":                  mutate(a, http.StatusOK, nil, true, noInput(billing.VoidInvoice)),
+		"GET /v1/invoices/{id}/events":                 a.trail("tally.invoices.v1", "invoices", "invoice"),
+		"POST /v1/sales":                               mutate(a, http.StatusCreated, saleLocation, false, created(billing.CreateSale)),
+		"GET /v1/sales/{id}":                           a.read(func(ctx context.Context, id string) (any, error) { return billing.GetSale(ctx, a.pool, id) }),
+		"PATCH /v1/sales/{id}":                         mutate(a, http.StatusOK, nil, false, billing.UpdateSale),
+		"DELETE /v1/sales/{id}":                        mutate(a, http.StatusNoContent, nil, true, noInput(billing.DeleteSale)),
+		"GET /v1/sales/{id}/events":                    a.trail("tally.sales.v1", "sales", "sale"),
+		"POST /v1/expenses":                            mutate(a, http.StatusCreated, expenseLocation, false, created(billing.CreateExpense)),
+		"GET /v1/expenses/{id}":                        a.read(func(ctx context.Context, id string) (any, error) { return billing.GetExpense(ctx, a.pool, id) }),
+		"PATCH /v1/expenses/{id}":                      mutate(a, http.StatusOK, nil, false, billing.UpdateExpense),
+		"DELETE /v1/expenses/{id}":                     mutate(a, http.StatusNoContent, nil, true, noInput(billing.DeleteExpense)),
+		"GET /v1/expenses/{id}/events":                 a.trail("tally.expenses.v1", "expenses", "expense"),
+		"POST /api/v1/data/upload-sales-csv":           a.upload("sales"),
+		"POST /api/v1/data/upload-customers-csv":       a.upload("customers"),
+		"POST /api/v1/data/upload-expenses-csv":        a.upload("expenses"),
+		"GET /api/v1/data/upload-template/{data_type}": a.template,
+		"GET /v1/imports/{id}": a.read(func(ctx context.Context, id string) (any, error) {
+			return importer.Get(ctx, a.pool, id)
+		}),
 		"GET /v1/revenue/invoices/{id}": a.read(func(ctx context.Context, id string) (any, error) {
 			return revenue.GetInvoice(ctx, a.pool, id)
 		}),

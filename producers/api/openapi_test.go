@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/tally-dev/tally/consumers/kpi"
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/testenv"
 	"github.com/tally-dev/tally/producers/api"
@@ -40,6 +41,8 @@ const (
 	rSchedule       = "/v1/revenue/invoices/{id}/schedule"
 	rWaterfall      = "/v1/revenue/waterfall"
 	rDeferred       = "/v1/revenue/deferred"
+	rKPIs           = "/v1/kpis"
+	rKPIStream      = "/v1/kpis/stream"
 	rDLQ            = "/v1/dlq"
 	rParked         = "/v1/dlq/{id}"
 	rReplay         = "/v1/dlq/replay"
@@ -133,7 +136,7 @@ func TestOpenAPIDocumentIsValid(t *testing.T) {
 	}
 	want := []string{api.ProblemMalformed, api.ProblemValidation, api.ProblemNotFound, api.ProblemGone,
 		api.ProblemConflict, api.ProblemIdempotencyReuse, api.ProblemTooLarge, api.ProblemMediaType,
-		api.ProblemMethod, api.ProblemUnavailable, api.ProblemInternal}
+		api.ProblemMethod, api.ProblemUnavailable, api.ProblemInternal, api.ProblemInvalidCSV}
 	slices.Sort(got)
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
@@ -535,10 +538,26 @@ func everyOperation() []request {
 		{"POST", rPayments, invoicePath("i1", "/payments"), obj{"amount": 1}},
 		{"POST", rVoid, invoicePath("i1", "/void"), nil},
 		{"GET", rInvoiceEvents, invoicePath("i1", "/events"), nil},
+		{"POST", rSales, rSales, obj{"customer_id": "c1", "currency": "USD", "amount": 100, "date": "2025-03-01"}},
+		{"GET", rSale, "/v1/sales/s1", nil},
+		{"PATCH", rSale, "/v1/sales/s1", obj{"refunded_amount": 1}},
+		{"DELETE", rSale, "/v1/sales/s1", nil},
+		{"GET", rSaleEvents, "/v1/sales/s1/events", nil},
+		{"POST", rExpenses, rExpenses, obj{"category": "rent", "currency": "USD", "amount": 100, "date": "2025-03-01"}},
+		{"GET", rExpense, "/v1/expenses/e1", nil},
+		{"PATCH", rExpense, "/v1/expenses/e1", obj{"amount": 1}},
+		{"DELETE", rExpense, "/v1/expenses/e1", nil},
+		{"GET", rExpenseEvents, "/v1/expenses/e1/events", nil},
+		upload(rUploadSales, "", "external_id,customer_id,currency,amount,date\ne1,c1,USD,1.00,2025-03-01\n"),
+		upload(rUploadCustomers, "", "name,email\nAda,ada@example.com\n"),
+		upload(rUploadExpenses, "dry_run=true", "category,currency,amount,date\nrent,USD,1.00,2025-03-01\n"),
+		{"GET", rImport, "/v1/imports/imp-1", nil},
 		{"GET", rRevenueInvoice, "/v1/revenue/invoices/i1", nil},
 		{"GET", rSchedule, "/v1/revenue/invoices/i1/schedule", nil},
 		{"GET", rWaterfall, rWaterfall + "?currency=USD&from=2025-01&to=2025-12", nil},
 		{"GET", rDeferred, rDeferred + "?currency=USD", nil},
+		{"GET", rKPIs, rKPIs + "?currency=USD&from=2025-03&to=2025-03", nil},
+		{"GET", rKPIStream, rKPIStream, nil},
 		{"GET", rDLQ, rDLQ, nil},
 		{"GET", rParked, "/v1/dlq/1", nil},
 		{"POST", rReplay, rReplay, obj{"actor": "ops", "ids": []int{1}}},
@@ -557,6 +576,12 @@ var mutations = []struct{ method, route, path, valid, wrongType string }{
 	{"DELETE", rInvoice, invoicePath("i1"), `{}`, ""},
 	{"POST", rPayments, invoicePath("i1", "/payments"), `{"amount":1}`, `{"amount":10.5}`},
 	{"POST", rVoid, invoicePath("i1", "/void"), `{}`, ""},
+	{"POST", rSales, rSales, `{"customer_id":"c1","currency":"USD","amount":1,"date":"2025-03-01"}`, `{"amount":"1.00"}`},
+	{"PATCH", rSale, "/v1/sales/s1", `{"refunded_amount":1}`, `{"quantity":1.5}`},
+	{"DELETE", rSale, "/v1/sales/s1", `{}`, ""},
+	{"POST", rExpenses, rExpenses, `{"category":"rent","currency":"USD","amount":1,"date":"2025-03-01"}`, `{"cost_of_goods_sold":"yes"}`},
+	{"PATCH", rExpense, "/v1/expenses/e1", `{"amount":1}`, `{"vendor":7}`},
+	{"DELETE", rExpense, "/v1/expenses/e1", `{}`, ""},
 	{"POST", rReplay, rReplay, `{"actor":"ops","ids":[1]}`, `{"actor":"ops","ids":[1.5]}`},
 	{"POST", rSkip, rSkip, `{"actor":"ops","ids":[1]}`, `{"actor":"ops","ids":"1"}`},
 	{"POST", rPurge, rPurge, `{"actor":"ops","ids":[1]}`, `{"actor":"ops","all":"yes"}`},
@@ -571,9 +596,14 @@ func TestOpenAPIDescribesEveryResponse(t *testing.T) {
 	t.Run("scenario", func(t *testing.T) {
 		t.Run("customers", testCustomers)
 		t.Run("invoices", testInvoices)
+		t.Run("sales", testSales)
+		t.Run("expenses", testExpenses)
+		t.Run("imports", testImports)
+		t.Run("import errors", testImportErrors)
 		t.Run("trail", testTrail)
 		t.Run("revenue projection", testRevenueProjection)
 		t.Run("revenue reports", testRevenueReports)
+		t.Run("kpis", testKPIs)
 		t.Run("dead-letter queue", testDLQ)
 		t.Run("idempotency", testIdempotency)
 		t.Run("unreadable requests", testUnreadable)
@@ -686,6 +716,66 @@ func testRevenueReports(t *testing.T) {
 			api.ProblemValidation); !slices.Equal(fields(p), c.fields) {
 			t.Errorf("deferred%s: invalid fields %v, want %v", c.query, fields(p), c.fields)
 		}
+	}
+}
+
+// testKPIs reads the KPIs of a sale and a change written here directly:
+// the group and the publisher are tested in consumers/kpi.
+func testKPIs(t *testing.T) {
+	t.Parallel()
+	s := newServer(t, defaultConfig)
+	if _, err := s.pool.Exec(context.Background(), `INSERT INTO kpi_sales (sale_id, customer_id, currency, day, amount, refunded, active, last_sequence)
+		VALUES ('s1', 'c1', 'USD', '2025-03-05', 5000, 1000, true, 1);
+		INSERT INTO kpi_values (currency, granularity, period, kpi, value, version, seq)
+		VALUES ('USD', 'month', '2025-03', 'gross_sales', '5000', 1, nextval('kpi_values_seq'))`); err != nil {
+		t.Fatal(err)
+	}
+	var rep kpi.Report
+	if r := s.call(t, "GET", rKPIs, rKPIs+"?currency=USD&from=2025-02-01&to=2025-03-31&granularity=month", nil); expect(t, r, http.StatusOK) {
+		r.decode(t, &rep)
+	}
+	if len(rep.Periods) != 2 || rep.Periods[1].GrossSales != 5000 || rep.Periods[1].NetSales != 4000 || rep.Periods[1].NewCustomers != 1 {
+		t.Errorf("the KPIs of February and March: %+v", rep.Periods)
+	}
+	if r := s.call(t, "GET", rKPIs, rKPIs+"?currency=USD&from=2025-03-05&to=2025-03-05&granularity=day", nil); expect(t, r, http.StatusOK) {
+		r.decode(t, &rep)
+	}
+	if len(rep.Periods) != 1 || rep.Periods[0].Period != "2025-03-05" || rep.Periods[0].Orders != 1 {
+		t.Errorf("the KPIs of March 5: %+v", rep.Periods)
+	}
+	for _, c := range []struct {
+		query  string
+		fields []string
+	}{
+		{"", []string{"currency", "from", "to"}},
+		{"?currency=USD&from=2025-13-01&to=March&granularity=week", []string{"from", "granularity", "to"}},
+		{"?currency=USD&from=2025-03-02&to=2025-03-01", []string{"to"}},
+		{"?currency=USD&from=2020-01-01&to=2025-12-31&granularity=day", []string{"to"}},
+	} {
+		if p := expectProblem(t, s.call(t, "GET", rKPIs, rKPIs+c.query, nil), http.StatusUnprocessableEntity,
+			api.ProblemValidation); !slices.Equal(fields(p), c.fields) {
+			t.Errorf("kpis%s: invalid fields %v, want %v", c.query, fields(p), c.fields)
+		}
+	}
+
+	// The stream, from before the change: it sends the change, then stays
+	// open (the harness ends it).
+	r := s.call(t, "GET", rKPIStream, rKPIStream+"?after=0&currency=USD", nil)
+	if expect(t, r, http.StatusOK) && (!strings.Contains(string(r.body), "event: kpi\n") ||
+		!strings.Contains(string(r.body), `"kpi":"gross_sales"`) || !strings.Contains(string(r.body), "id: ")) {
+		t.Errorf("the stream sent %q", r.body)
+	}
+	if r := s.call(t, "GET", rKPIStream, rKPIStream, nil, "Last-Event-ID", "0"); expect(t, r, http.StatusOK) &&
+		!strings.Contains(string(r.body), `"value":5000`) {
+		t.Errorf("the stream resumed from Last-Event-ID 0 sent %q", r.body)
+	}
+	if r := s.call(t, "GET", rKPIStream, rKPIStream+"?currency=EUR&after=0", nil); expect(t, r, http.StatusOK) &&
+		strings.Contains(string(r.body), "event: kpi") {
+		t.Errorf("the EUR stream sent a USD change: %q", r.body)
+	}
+	if p := expectProblem(t, s.call(t, "GET", rKPIStream, rKPIStream+"?after=x&granularity=year", nil),
+		http.StatusUnprocessableEntity, api.ProblemValidation); !slices.Equal(fields(p), []string{"after", "granularity"}) {
+		t.Errorf("stream: invalid fields %v", fields(p))
 	}
 }
 
@@ -1225,7 +1315,10 @@ func testBroken(t *testing.T) {
 	if _, err := pool.Exec(context.Background(),
 		`ALTER TABLE customers RENAME TO customers_gone; ALTER TABLE invoices RENAME TO invoices_gone;
 		 ALTER TABLE revenue_invoices RENAME TO revenue_invoices_gone; ALTER TABLE revenue_ledger RENAME TO revenue_ledger_gone;
-		 ALTER TABLE revenue_entries RENAME TO revenue_entries_gone; ALTER TABLE consumer_parked RENAME TO consumer_parked_gone`); err != nil {
+		 ALTER TABLE revenue_entries RENAME TO revenue_entries_gone; ALTER TABLE consumer_parked RENAME TO consumer_parked_gone;
+		 ALTER TABLE sales RENAME TO sales_gone; ALTER TABLE expenses RENAME TO expenses_gone;
+		 ALTER TABLE imports RENAME TO imports_gone; ALTER TABLE kpi_sales RENAME TO kpi_sales_gone;
+		 ALTER TABLE kpi_values RENAME TO kpi_values_gone`); err != nil {
 		t.Fatal(err)
 	}
 	s := serve(t, pool, defaultConfig)

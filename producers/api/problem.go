@@ -32,6 +32,7 @@ const (
 	ProblemConflict         = "urn:tally:problem:conflict"
 	ProblemIdempotencyReuse = "urn:tally:problem:idempotency-key-reused"
 	ProblemTooLarge         = "urn:tally:problem:body-too-large"
+	ProblemInvalidCSV       = "urn:tally:problem:invalid-csv"
 	ProblemMediaType        = "urn:tally:problem:unsupported-media-type"
 	ProblemMethod           = "urn:tally:problem:method-not-allowed"
 	ProblemUnavailable      = "urn:tally:problem:unavailable"

@@ -1,8 +1,9 @@
-// Package billing is the write model of customers, invoices and payments:
-// validation, the invoice state machine, its rows in PostgreSQL and the
-// events each change emits. Every command runs in the caller's transaction
-// and returns the events of its change; the caller writes them to the outbox
-// last and commits, so rows and events commit together (see outbox.Write).
+// Package billing is the write model of customers, invoices and payments,
+// sales and expenses: validation, the invoice state machine, their rows in
+// PostgreSQL and the events each change emits. Every command runs in the
+// caller's transaction and returns the events of its change; the caller
+// writes them to the outbox last and commits, so rows and events commit
+// together (see outbox.Write).
 //
 // Commands lock the aggregate's row first (or insert it), so the events of
 // one aggregate are in commit order and their ce_sequence, the aggregate's
@@ -42,7 +43,17 @@ var (
 type FieldError struct {
 	Field   string `json:"field"`
 	Message string `json:"message"`
+	// Code classifies the error for machines: CodeRequired or CodeInvalid.
+	// The CSV importer reports it with each row error; the JSON API leaves
+	// it out, as its clients switch on the problem's type.
+	Code string `json:"-"`
 }
+
+// Codes of FieldError.
+const (
+	CodeRequired = "required" // the field is missing
+	CodeInvalid  = "invalid"  // the field has a value it must not have
+)
 
 // ValidationError lists every invalid field of a request.
 type ValidationError struct {
@@ -65,7 +76,11 @@ func (e *ValidationError) Error() string {
 type problems []FieldError
 
 func (p *problems) add(field, format string, args ...any) {
-	*p = append(*p, FieldError{field, fmt.Sprintf(format, args...)})
+	*p = append(*p, FieldError{field, fmt.Sprintf(format, args...), CodeInvalid})
+}
+
+func (p *problems) required(field string) {
+	*p = append(*p, FieldError{field, "is required", CodeRequired})
 }
 
 func (p problems) err() error {
@@ -109,7 +124,7 @@ var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`)
 // checkID validates a caller-chosen id, or makes one with prefix.
 func checkID(p *problems, id *string, prefix string) string {
 	if id == nil {
-		return newID(prefix)
+		return NewID(prefix)
 	}
 	if !idPattern.MatchString(*id) {
 		p.add("id", "must be 1 to 64 letters, digits or _ . : -, starting with a letter or digit")
@@ -117,8 +132,8 @@ func checkID(p *problems, id *string, prefix string) string {
 	return *id
 }
 
-// newID returns prefix_ and the hex of a UUIDv7, so ids sort by creation.
-func newID(prefix string) string {
+// NewID returns prefix_ and the hex of a UUIDv7, so ids sort by creation.
+func NewID(prefix string) string {
 	u, err := uuid.NewV7()
 	if err != nil {
 		rand.Read(u[:])
@@ -145,13 +160,17 @@ func Explain(err error) error {
 		return fmt.Errorf("%w: invoice %q already exists", ErrConflict, key)
 	case "payments_pkey":
 		return fmt.Errorf("%w: payment %q already exists", ErrConflict, key)
+	case "sales_pkey":
+		return fmt.Errorf("%w: sale %q already exists", ErrConflict, key)
+	case "expenses_pkey":
+		return fmt.Errorf("%w: expense %q already exists", ErrConflict, key)
 	}
-	if pe.Code == "23502" && pe.TableName == "invoices" && pe.ColumnName == "customer_id" {
-		return &ValidationError{[]FieldError{{"customer_id", "no such customer"}}}
+	if pe.Code == "23502" && (pe.TableName == "invoices" || pe.TableName == "sales") && pe.ColumnName == "customer_id" {
+		return &ValidationError{[]FieldError{{"customer_id", "no such customer", CodeInvalid}}}
 	}
 	switch pe.Code {
 	case "23514", "22021", "22P05": // a check the commands should have made; text PostgreSQL cannot store
-		return &ValidationError{[]FieldError{{"", "the database refused a value: " + pe.Message}}}
+		return &ValidationError{[]FieldError{{"", "the database refused a value: " + pe.Message, CodeInvalid}}}
 	}
 	return err
 }

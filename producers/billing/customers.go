@@ -17,12 +17,15 @@ import (
 
 // Customer is a customer as the API returns it and as its events carry it.
 type Customer struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Email     string    `json:"email"`
-	Version   int64     `json:"version"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Email string `json:"email"`
+	// ExternalID is the id the customer had in the CSV file it was
+	// imported from; empty for customers made through the JSON API.
+	ExternalID string    `json:"external_id,omitempty"`
+	Version    int64     `json:"version"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
 }
 
 // CustomerInput creates a customer (name and email required) or patches one
@@ -31,6 +34,9 @@ type CustomerInput struct {
 	ID    *string `json:"id"`
 	Name  *string `json:"name"`
 	Email *string `json:"email"`
+	// ExternalID is given by the CSV importer only; the JSON API does not
+	// take it, nor can a patch change it.
+	ExternalID *string `json:"-"`
 }
 
 func checkName(p *problems, name string) {
@@ -61,28 +67,45 @@ func checkEmail(p *problems, email string) {
 	}
 }
 
-// CreateCustomer adds a customer and returns its created event.
-func CreateCustomer(ctx context.Context, tx Tx, m Meta, in CustomerInput) (Customer, []envelope.Event, error) {
+// NewCustomer validates in, a new customer, and returns the customer it
+// makes (version 1, created now) without writing it: CreateCustomer writes
+// one, the CSV importer many at once (InsertCustomers).
+func NewCustomer(m Meta, in CustomerInput) (Customer, error) {
 	var p problems
 	id := checkID(&p, in.ID, "cus")
 	if in.Name == nil {
-		p.add("name", "is required")
+		p.required("name")
 	} else {
 		checkName(&p, *in.Name)
 	}
 	if in.Email == nil {
-		p.add("email", "is required")
+		p.required("email")
 	} else {
 		checkEmail(&p, *in.Email)
 	}
+	life := newLifecycle(&p, m, in.ExternalID)
 	if err := p.err(); err != nil {
+		return Customer{}, err
+	}
+	return Customer{ID: id, Name: *in.Name, Email: *in.Email, ExternalID: life.ExternalID, Version: 1,
+		CreatedAt: life.CreatedAt, UpdatedAt: life.UpdatedAt}, nil
+}
+
+// CustomerCreated returns the created event of c, a customer NewCustomer
+// made with m.
+func CustomerCreated(m Meta, c Customer) (envelope.Event, error) {
+	return m.event("tally.customer.created.v1", c.ID, c.Version, "", c)
+}
+
+// CreateCustomer adds a customer and returns its created event.
+func CreateCustomer(ctx context.Context, tx Tx, m Meta, in CustomerInput) (Customer, []envelope.Event, error) {
+	c, err := NewCustomer(m, in)
+	if err != nil {
 		return Customer{}, nil, err
 	}
-	now := m.now()
-	c := Customer{ID: id, Name: *in.Name, Email: *in.Email, Version: 1, CreatedAt: now, UpdatedAt: now}
 	tx.Queue(`INSERT INTO customers (id, name, email, version, created_at, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6)`, c.ID, c.Name, c.Email, c.Version, c.CreatedAt, c.UpdatedAt)
-	ev, err := m.event("tally.customer.created.v1", c.ID, c.Version, "", c)
+	ev, err := CustomerCreated(m, c)
 	if err != nil {
 		return Customer{}, nil, err
 	}
@@ -139,12 +162,12 @@ func GetCustomer(ctx context.Context, q Querier, id string) (Customer, error) {
 }
 
 func getCustomer(ctx context.Context, q Querier, id string, lock bool) (Customer, error) {
-	sql := `SELECT id, name, email, version, created_at, updated_at FROM customers WHERE id = $1`
+	sql := `SELECT id, name, email, coalesce(external_id, ''), version, created_at, updated_at FROM customers WHERE id = $1`
 	if lock {
 		sql += " FOR NO KEY UPDATE"
 	}
 	var c Customer
-	err := q.QueryRow(ctx, sql, id).Scan(&c.ID, &c.Name, &c.Email, &c.Version, &c.CreatedAt, &c.UpdatedAt)
+	err := q.QueryRow(ctx, sql, id).Scan(&c.ID, &c.Name, &c.Email, &c.ExternalID, &c.Version, &c.CreatedAt, &c.UpdatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Customer{}, fmt.Errorf("%w: customer %q", ErrNotFound, id)
 	}

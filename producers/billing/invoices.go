@@ -125,7 +125,7 @@ type PaymentInput struct {
 func parseDate(p *problems, field string, s *string, required bool) (date.Date, bool) {
 	if s == nil {
 		if required {
-			p.add(field, "is required")
+			p.required(field)
 		}
 		return date.Date{}, false
 	}
@@ -156,7 +156,7 @@ func checkLines(p *problems, in []LineInput) []Line {
 		out := &lines[i]
 		switch {
 		case l.Description == nil:
-			p.add(f+"description", "is required")
+			p.required(f + "description")
 		case !plainText(*l.Description, maxDescriptionCh):
 			p.add(f+"description", "must be 1 to %d characters, not blank, without control characters", maxDescriptionCh)
 		default:
@@ -164,7 +164,7 @@ func checkLines(p *problems, in []LineInput) []Line {
 		}
 		switch {
 		case l.Amount == nil:
-			p.add(f+"amount", "is required")
+			p.required(f + "amount")
 		case *l.Amount < 0:
 			p.add(f+"amount", "must not be negative")
 		default:
@@ -235,7 +235,7 @@ func apply(p *problems, inv *Invoice, in InvoiceInput, creating bool) {
 		}
 		inv.CustomerID = *in.CustomerID
 	} else if creating {
-		p.add("customer_id", "is required")
+		p.required("customer_id")
 	}
 	if in.Currency != nil {
 		if _, err := money.ParseCurrency(*in.Currency); err != nil {
@@ -243,7 +243,7 @@ func apply(p *problems, inv *Invoice, in InvoiceInput, creating bool) {
 		}
 		inv.Currency = *in.Currency
 	} else if creating {
-		p.add("currency", "is required")
+		p.required("currency")
 	}
 	if d, ok := parseDate(p, "issued_at", in.IssuedAt, creating); ok {
 		inv.IssuedAt = d
@@ -257,7 +257,7 @@ func apply(p *problems, inv *Invoice, in InvoiceInput, creating bool) {
 	if in.Lines != nil {
 		inv.Lines = checkLines(p, *in.Lines)
 	} else if creating {
-		p.add("lines", "is required")
+		p.required("lines")
 	}
 	if in.Discount != nil {
 		inv.Discount = *in.Discount
@@ -394,7 +394,7 @@ func PayInvoice(ctx context.Context, tx Tx, m Meta, id string, in PaymentInput) 
 	payID := checkID(&p, in.ID, "pay")
 	switch {
 	case in.Amount == nil:
-		p.add("amount", "is required")
+		p.required("amount")
 	case *in.Amount <= 0:
 		p.add("amount", "must be positive")
 	}

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/tally-dev/tally/internal/devkafka"
 	"github.com/tally-dev/tally/internal/observe"
 	"github.com/tally-dev/tally/internal/outbox"
@@ -39,23 +41,11 @@ func APICreate(ctx context.Context, serverURL string, clients int, d time.Durati
 		return 0, err
 	}
 	defer stop()
-	notifier := outbox.NewNotifier(db.pool, log)
-	nctx, ncancel := context.WithCancel(ctx)
-	defer ncancel()
-	go notifier.Run(nctx)
-
-	// Wired as `tally api` wires it: metrics and tracing included.
-	mux := http.NewServeMux()
-	api.New(db.pool, notifier, log, api.Config{MaxBodyBytes: 1 << 20, IdempotencyTTL: time.Hour}).Register(mux)
-	handler := observe.NewHTTPMetrics(observe.NewRegistry()).Wrap(observe.NewTracer(), mux, api.Handler(mux))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	base, stopAPI, err := serveAPI(ctx, db.pool, log)
 	if err != nil {
 		return 0, err
 	}
-	srv := &http.Server{Handler: handler}
-	go srv.Serve(ln)
-	defer srv.Close()
-	base := "http://" + ln.Addr().String()
+	defer stopAPI()
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients}}
 	const customers = 1000
@@ -95,6 +85,26 @@ func APICreate(ctx context.Context, serverURL string, clients int, d time.Durati
 	rate := float64(created.Load()) / elapsed.Seconds()
 	log.Info("created invoices through the API", "invoices", created.Load(), "seconds", elapsed.Seconds(), "per_second", int(rate))
 	return rate, nil
+}
+
+// serveAPI serves the API on pool, wired as `tally api` wires it (metrics,
+// tracing and the server's timeouts included), with a notifier waking
+// relays, until stop. It returns the API's base URL.
+func serveAPI(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (base string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	notifier := outbox.NewNotifier(pool, log)
+	nctx, ncancel := context.WithCancel(ctx)
+	go notifier.Run(nctx)
+	mux := http.NewServeMux()
+	api.New(pool, notifier, log, api.Config{MaxBodyBytes: 1 << 20, IdempotencyTTL: time.Hour}).Register(mux)
+	handler := observe.NewHTTPMetrics(observe.NewRegistry()).Wrap(observe.NewTracer(), mux, api.Handler(mux))
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second}
+	go srv.Serve(ln)
+	return "http://" + ln.Addr().String(), func() { srv.Close(); ncancel() }, nil
 }
 
 func post(c *http.Client, url, body string) error {
