@@ -46,6 +46,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
 
+	"github.com/tally-dev/tally/consumers/kpi"
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/cli"
 	"github.com/tally-dev/tally/internal/config"
@@ -407,6 +408,7 @@ func knownGroups(t *testing.T) map[string]bool {
 // `tally consume` accepts that is missing here fails the tests that need it.
 var groupTopics = map[string][]string{
 	"revenue": revenue.Topics,
+	"kpi":     kpi.Topics,
 }
 
 // groupPartitions returns the fewest partitions of a topic group reads: the
