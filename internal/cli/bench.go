@@ -29,7 +29,7 @@ func benchFlags(fs *flag.FlagSet) {
 	fs.IntVar(&bench.rate, "rate", 1000, "events per second of the latency benchmark")
 	fs.DurationVar(&bench.duration, "duration", 10*time.Second, "length of one run of the latency and API benchmarks")
 	fs.IntVar(&bench.clients, "clients", 16, "concurrent HTTP clients of the API benchmark")
-	fs.StringVar(&bench.only, "only", "", "run one benchmark: drain, latency, api, consume, rebuild, projection or import")
+	fs.StringVar(&bench.only, "only", "", "run one benchmark: drain, latency, api, consume (the revenue group), kpi, rebuild, projection or import")
 	fs.IntVar(&bench.rows, "rows", 1_000_000, "rows of the sales CSV file the import benchmark uploads")
 }
 
@@ -46,9 +46,9 @@ func runBench(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) e
 		return usageError{fmt.Errorf("-count, -events, -rate, -clients, -rows must be positive and -duration at least 1s")}
 	}
 	switch bench.only {
-	case "", "drain", "latency", "api", "consume", "rebuild", "projection", "import":
+	case "", "drain", "latency", "api", "consume", "rebuild", "projection", "import", "kpi":
 	default:
-		return usageError{fmt.Errorf("-only %q: want drain, latency, api, consume, rebuild, projection or import", bench.only)}
+		return usageError{fmt.Errorf("-only %q: want drain, latency, api, consume, kpi, rebuild, projection or import", bench.only)}
 	}
 	emit := func(f loadgen.Figure) { fmt.Fprintln(e.Stdout, f) }
 	if bench.only == "" || bench.only == "latency" {
@@ -92,16 +92,20 @@ func runBench(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) e
 		emit(loadgen.Figure{Name: "commit_to_projection_p50", Value: loadgen.Median(p50), Unit: "ms"})
 		emit(loadgen.Figure{Name: "commit_to_projection_p99", Value: loadgen.Median(p99), Unit: "ms"})
 	}
-	if bench.only == "" || bench.only == "consume" {
+	for _, g := range []string{"revenue", "kpi"} {
+		only := map[string]string{"revenue": "consume", "kpi": "kpi"}[g]
+		if bench.only != "" && bench.only != only {
+			continue
+		}
 		var rates []float64
 		for range bench.count {
-			r, err := loadgen.ConsumeBacklog(ctx, cfg.DatabaseURL, bench.events, log)
+			r, err := loadgen.ConsumeBacklog(ctx, cfg.DatabaseURL, g, bench.events, log)
 			if err != nil {
-				return fmt.Errorf("consume benchmark: %w", err)
+				return fmt.Errorf("%s benchmark: %w", only, err)
 			}
 			rates = append(rates, r)
 		}
-		emit(loadgen.Figure{Name: "revenue_apply_rate", Value: loadgen.Median(rates), Unit: "events/s"})
+		emit(loadgen.Figure{Name: g + "_apply_rate", Value: loadgen.Median(rates), Unit: "events/s"})
 	}
 	if bench.only == "" || bench.only == "rebuild" {
 		var rates, paused []float64

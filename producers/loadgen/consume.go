@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/tally-dev/tally/consumers/kpi"
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/consumer"
 	"github.com/tally-dev/tally/internal/devkafka"
@@ -23,10 +24,25 @@ import (
 	"github.com/tally-dev/tally/producers/api"
 )
 
-// ConsumeBacklog measures how fast one member of the revenue group applies
-// a backlog of n invoice events already on Kafka (5 per invoice), and
-// returns events per second.
-func ConsumeBacklog(ctx context.Context, serverURL string, n int, log *slog.Logger) (float64, error) {
+// Backlogs are the groups ConsumeBacklog measures, each with what fills
+// its backlog: the revenue group with invoice events (fillTopic), the KPI
+// group with sale events (fillSales).
+var Backlogs = map[string]struct {
+	Group func() *consumer.Group
+	fill  func(ctx context.Context, c *kfake.Cluster, n int) error
+}{
+	"revenue": {revenue.Group, fillTopic},
+	"kpi":     {kpi.Group, fillSales},
+}
+
+// ConsumeBacklog measures how fast one member of group (a key of Backlogs)
+// applies a backlog of n events already on Kafka (5 versions of each
+// aggregate), and returns events per second.
+func ConsumeBacklog(ctx context.Context, serverURL, group string, n int, log *slog.Logger) (float64, error) {
+	b, ok := Backlogs[group]
+	if !ok {
+		return 0, fmt.Errorf("no backlog benchmark of group %q", group)
+	}
 	db, err := newDatabase(ctx, serverURL, 32)
 	if err != nil {
 		return 0, err
@@ -37,18 +53,18 @@ func ConsumeBacklog(ctx context.Context, serverURL string, n int, log *slog.Logg
 		return 0, err
 	}
 	defer c.Close()
-	if err := fillTopic(ctx, c, n); err != nil {
+	if err := b.fill(ctx, c, n); err != nil {
 		return 0, fmt.Errorf("filling the topic: %w", err)
 	}
 	began := time.Now()
-	stop, err := applyBacklog(ctx, db, c, n, log)
+	stop, err := applyBacklog(ctx, db, c, b.Group(), n, log)
 	if err != nil {
 		return 0, err
 	}
 	defer stop()
 	elapsed := time.Since(began)
 	rate := float64(n) / elapsed.Seconds()
-	log.Info("the revenue group applied the backlog", "events", n, "seconds", elapsed.Seconds(), "events_per_second", int(rate))
+	log.Info("the group applied the backlog", "group", group, "events", n, "seconds", elapsed.Seconds(), "events_per_second", int(rate))
 	return rate, nil
 }
 
@@ -75,7 +91,7 @@ func RebuildBacklog(ctx context.Context, serverURL string, n int, log *slog.Logg
 	if err := fillTopic(ctx, c, n); err != nil {
 		return RebuildFigures{}, fmt.Errorf("filling the topic: %w", err)
 	}
-	stop, err := applyBacklog(ctx, db, c, n, log)
+	stop, err := applyBacklog(ctx, db, c, revenue.Group(), n, log)
 	if err != nil {
 		return RebuildFigures{}, err
 	}
@@ -97,10 +113,10 @@ func RebuildBacklog(ctx context.Context, serverURL string, n int, log *slog.Logg
 	return f, nil
 }
 
-// applyBacklog starts a member of the revenue group and returns once it
-// has applied the n records on the cluster; stop stops the member.
-func applyBacklog(ctx context.Context, db *database, c *kfake.Cluster, n int, log *slog.Logger) (stop func(), err error) {
-	r, err := consumer.New(db.pool, revenue.Group(), consumer.WithKafkaOptions(kgo.SeedBrokers(c.ListenAddrs()...)),
+// applyBacklog starts a member of g and returns once it has applied the n
+// records on the cluster; stop stops the member.
+func applyBacklog(ctx context.Context, db *database, c *kfake.Cluster, g *consumer.Group, n int, log *slog.Logger) (stop func(), err error) {
+	r, err := consumer.New(db.pool, g, consumer.WithKafkaOptions(kgo.SeedBrokers(c.ListenAddrs()...)),
 		consumer.WithLogger(log))
 	if err != nil {
 		return nil, err
@@ -130,6 +146,31 @@ func applyBacklog(ctx context.Context, db *database, c *kfake.Cluster, n int, lo
 // fillTopic produces n invoice events to tally.invoices.v1, 5 versions of
 // each invoice in order (a customer per invoice; the updates change the tax).
 func fillTopic(ctx context.Context, c *kfake.Cluster, n int) error {
+	return produceAll(ctx, c, n, func(i int) (*kgo.Record, error) {
+		inv := fmt.Sprintf("inv_%08d", i/5)
+		version := int64(i%5 + 1)
+		typ := "tally.invoice.updated.v1"
+		if version == 1 {
+			typ = "tally.invoice.created.v1"
+		}
+		ev := envelope.Event{ID: envelope.NewID(), Type: typ, Source: "/tally/loadgen", Subject: inv, Time: stampTime,
+			Sequence: version, CorrelationID: "loadgen", Data: fmt.Appendf(nil, `{"id":%q,"customer_id":"cus_%06d",`+
+				`"currency":"USD","status":"open","issued_at":"2025-01-01","due_at":"2025-01-31","lines":[{"description":`+
+				`"Pro plan, yearly","amount":12000,"quantity":1,"total":12000,"service_period":{"start":"2025-01-01",`+
+				`"end":"2025-12-31"}}],"subtotal":12000,"discount":0,"tax":%d,"total":%d,"amount_paid":0,"amount_due":%d,`+
+				`"created_at":%q,"updated_at":%q}`, inv, i/5%1000, version, 12000+version, 12000+version, stamp, stamp)}
+		return ev.Record("tally.invoices.v1"), nil
+	})
+}
+
+// The time the backlogs' events carry.
+var (
+	stampTime = time.Now().UTC()
+	stamp     = stampTime.Format(time.RFC3339Nano)
+)
+
+// produceAll produces the n records rec makes to c and waits for them.
+func produceAll(ctx context.Context, c *kfake.Cluster, n int, rec func(i int) (*kgo.Record, error)) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.MaxBufferedRecords(100_000))
 	if err != nil {
 		return err
@@ -139,22 +180,12 @@ func fillTopic(ctx context.Context, c *kfake.Cluster, n int) error {
 		mu    sync.Mutex
 		first error
 	)
-	now := time.Now().UTC()
-	stamp := now.Format(time.RFC3339Nano)
 	for i := range n {
-		inv := fmt.Sprintf("inv_%08d", i/5)
-		version := int64(i%5 + 1)
-		typ := "tally.invoice.updated.v1"
-		if version == 1 {
-			typ = "tally.invoice.created.v1"
+		r, err := rec(i)
+		if err != nil {
+			return err
 		}
-		ev := envelope.Event{ID: envelope.NewID(), Type: typ, Source: "/tally/loadgen", Subject: inv, Time: now,
-			Sequence: version, CorrelationID: "loadgen", Data: fmt.Appendf(nil, `{"id":%q,"customer_id":"cus_%06d",`+
-				`"currency":"USD","status":"open","issued_at":"2025-01-01","due_at":"2025-01-31","lines":[{"description":`+
-				`"Pro plan, yearly","amount":12000,"quantity":1,"total":12000,"service_period":{"start":"2025-01-01",`+
-				`"end":"2025-12-31"}}],"subtotal":12000,"discount":0,"tax":%d,"total":%d,"amount_paid":0,"amount_due":%d,`+
-				`"created_at":%q,"updated_at":%q}`, inv, i/5%1000, version, 12000+version, 12000+version, stamp, stamp)}
-		cl.Produce(ctx, ev.Record("tally.invoices.v1"), func(_ *kgo.Record, err error) {
+		cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
 			if err != nil {
 				mu.Lock()
 				first = cmpOr(first, err)
@@ -166,6 +197,26 @@ func fillTopic(ctx context.Context, c *kfake.Cluster, n int) error {
 		return err
 	}
 	return first
+}
+
+// fillSales produces n sale events to tally.sales.v1, 5 versions of each
+// sale in order: created, then refunds growing by 1.00, over 1,000
+// customers and the days of 2025.
+func fillSales(ctx context.Context, c *kfake.Cluster, n int) error {
+	return produceAll(ctx, c, n, func(i int) (*kgo.Record, error) {
+		id := fmt.Sprintf("sale_%08d", i/5)
+		version := int64(i%5 + 1)
+		typ := "tally.sale.updated.v1"
+		if version == 1 {
+			typ = "tally.sale.created.v1"
+		}
+		day := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).AddDate(0, 0, (i/5)%365).Format(time.DateOnly)
+		ev := envelope.Event{ID: envelope.NewID(), Type: typ, Source: "/tally/loadgen", Subject: id, Time: stampTime,
+			Sequence: version, CorrelationID: "loadgen", Data: fmt.Appendf(nil, `{"id":%q,"customer_id":"cus_%06d",`+
+				`"currency":"USD","amount":12000,"quantity":1,"date":%q,"refunded_amount":%d,"status":"active",`+
+				`"created_at":%q,"updated_at":%q}`, id, (i/5)%1000, day, (version-1)*100, stamp, stamp)}
+		return ev.Record("tally.sales.v1"), nil
+	})
 }
 
 func cmpOr(a, b error) error {
