@@ -280,6 +280,27 @@ func TestDevRunsTheWholePipeline(t *testing.T) {
 		t.Errorf("the waterfall from 2025 through this month totals %v; want 29000 recognized (9000 + 2 × 10000), 20000 reversed (inv-b voided, inv-c deleted), 9000 net", total)
 	}
 
+	// tally dev runs the KPI group and the publisher: a sale reaches the
+	// KPIs and is announced on tally.kpis.v1.
+	d.call(t, "POST", "/v1/sales", map[string]any{"id": "sale-1", "customer_id": cid, "currency": "USD", "amount": 2500,
+		"date": "2025-03-05"}, 201)
+	kcl := testenv.Client(t, []string{d.kafka}, kgo.ConsumeTopics("tally.kpis.v1"))
+	kctx, kcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer kcancel()
+	for announced := false; !announced; {
+		fs := kcl.PollFetches(kctx)
+		if kctx.Err() != nil {
+			t.Fatal("no tally.kpi.calculated.v1 of March's gross sales within 20 s")
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			announced = announced || (string(r.Key) == "USD:2025-03:gross_sales" && strings.Contains(string(r.Value), `"value":2500`))
+		})
+	}
+	rep := d.call(t, "GET", "/v1/kpis?currency=USD&from=2025-03&to=2025-03", nil, 200)
+	if p := rep["periods"].([]any)[0].(map[string]any); p["gross_sales"] != 2500.0 || p["orders"] != 1.0 {
+		t.Errorf("March's KPIs after one sale: %v", p)
+	}
+
 	if path, err := exec.LookPath("kcat"); err == nil {
 		out, err := exec.Command(path, "-b", d.kafka, "-C", "-t", "tally.invoices.v1", "-e", "-q", "-f", "%k %h %s\n").CombinedOutput()
 		if err != nil {
