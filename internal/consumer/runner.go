@@ -198,6 +198,9 @@ func (r *Runner) tierOf(topic string) int {
 func (r *Runner) Run(ctx context.Context) error {
 	if err := r.checkTopics(ctx); err != nil {
 		r.cl.Close()
+		if ctx.Err() != nil {
+			return nil // stopped before it started: a clean stop
+		}
 		return err
 	}
 	done := make(chan struct{})
