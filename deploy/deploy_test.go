@@ -52,6 +52,7 @@ import (
 	"github.com/tally-dev/tally/internal/config"
 	"github.com/tally-dev/tally/internal/consumer"
 	"github.com/tally-dev/tally/internal/observe"
+	"github.com/tally-dev/tally/producers/billing"
 	"github.com/tally-dev/tally/producers/relay"
 	"github.com/tally-dev/tally/producers/scheduler"
 	"github.com/tally-dev/tally/topics"
@@ -239,7 +240,7 @@ func exportedMetrics(t *testing.T) metricSet {
 	}
 
 	// The scheduler, as `tally scheduler` builds it.
-	if _, err := scheduler.New(scheduler.Tasks(pool, time.Second), scheduler.WithRegisterer(rec)); err != nil {
+	if _, err := scheduler.New(scheduler.Tasks(pool, time.Second, billing.DefaultNoticeSchedule), scheduler.WithRegisterer(rec)); err != nil {
 		t.Fatal(err)
 	}
 

@@ -89,6 +89,7 @@ func domain() []Topic {
 		{Name: "tally.invoices.v1", Key: "invoice id", Types: []string{
 			"tally.invoice.created.v1", "tally.invoice.updated.v1", "tally.invoice.paid.v1",
 			"tally.invoice.voided.v1", "tally.invoice.deleted.v1", "tally.invoice.payment_received.v1",
+			"tally.invoice.reminder_sent.v1", "tally.invoice.overdue.v1",
 		}},
 		{Name: "tally.sales.v1", Key: "sale id", Types: []string{
 			"tally.sale.created.v1", "tally.sale.updated.v1", "tally.sale.deleted.v1",

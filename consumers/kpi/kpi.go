@@ -74,7 +74,7 @@ func Group() *consumer.Group {
 	}
 	consumer.Handle(g, "tally.customer.created.v1", applyCustomer)
 	for _, typ := range []string{"tally.invoice.created.v1", "tally.invoice.updated.v1", "tally.invoice.paid.v1",
-		"tally.invoice.voided.v1", "tally.invoice.deleted.v1"} {
+		"tally.invoice.voided.v1", "tally.invoice.deleted.v1", "tally.invoice.reminder_sent.v1", "tally.invoice.overdue.v1"} {
 		consumer.Handle(g, typ, applyInvoice)
 	}
 	consumer.Handle(g, "tally.invoice.payment_received.v1", applyPayment)

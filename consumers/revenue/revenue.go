@@ -53,7 +53,7 @@ func Group() *consumer.Group {
 		Projections("revenue_invoices", "revenue_ledger", "revenue_entries").
 		BatchState(loadLedgers, saveLedgers)
 	for _, typ := range []string{"tally.invoice.created.v1", "tally.invoice.updated.v1", "tally.invoice.paid.v1",
-		"tally.invoice.voided.v1", "tally.invoice.deleted.v1"} {
+		"tally.invoice.voided.v1", "tally.invoice.deleted.v1", "tally.invoice.reminder_sent.v1", "tally.invoice.overdue.v1"} {
 		consumer.Handle(g, typ, applySnapshot)
 	}
 	consumer.Handle(g, "tally.invoice.payment_received.v1", applyPayment)

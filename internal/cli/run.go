@@ -191,7 +191,7 @@ func startScheduler(p *process) error {
 }
 
 func newScheduler(pool *pgxpool.Pool, cfg config.Config, log *slog.Logger, reg prometheus.Registerer, notify func()) (*scheduler.Scheduler, error) {
-	return scheduler.New(scheduler.Tasks(pool, cfg.KPIPublishInterval),
+	return scheduler.New(scheduler.Tasks(pool, cfg.KPIPublishInterval, cfg.InvoiceNotices),
 		scheduler.WithInterval(cfg.SchedulerInterval),
 		scheduler.WithLogger(log.With("component", "scheduler")),
 		scheduler.WithRegisterer(reg),

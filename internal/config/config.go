@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tally-dev/tally/producers/billing"
 	"github.com/tally-dev/tally/topics"
 )
 
@@ -59,6 +60,9 @@ type Config struct {
 	// job (the daily revenue recognition). A day's events are due from its
 	// first run after midnight UTC.
 	SchedulerInterval time.Duration
+	// InvoiceNotices is when the scheduler sends open invoices' reminders
+	// and overdue notices, in days from the due date.
+	InvoiceNotices billing.NoticeSchedule
 	// KPIPublishInterval is how often the scheduler announces the KPI
 	// values that changed: the window a burst of events is coalesced in.
 	KPIPublishInterval time.Duration
@@ -94,6 +98,7 @@ func Default() Config {
 		RelayPollInterval:  time.Second,
 		SchedulerInterval:  30 * time.Second,
 		KPIPublishInterval: time.Second,
+		InvoiceNotices:     slices.Clone(billing.DefaultNoticeSchedule),
 		RetryDelays:        slices.Clone(topics.RetryDelays),
 		TopicReplication:   -1,
 		ShutdownTimeout:    20 * time.Second,
@@ -203,6 +208,13 @@ var settings = []Setting{
 	{"TALLY_SCHEDULER_INTERVAL", "scheduler-interval", "how often the scheduler runs each time-driven job",
 		func(c *Config) string { return c.SchedulerInterval.String() },
 		func(c *Config, v string) error { return parseDuration(v, time.Second, &c.SchedulerInterval) }},
+	{"TALLY_INVOICE_NOTICES", "invoice-notices", "days from the due date on which the scheduler sends an open invoice's reminders (≤ 0) and overdue notices (> 0), comma-separated; none sends none",
+		func(c *Config) string { return c.InvoiceNotices.String() },
+		func(c *Config, v string) error {
+			s, err := billing.ParseNoticeSchedule(v)
+			c.InvoiceNotices = s
+			return err
+		}},
 	{"TALLY_KPI_PUBLISH_INTERVAL", "kpi-publish-interval", "how often the scheduler announces the KPI values that changed (tally.kpi.calculated.v1)",
 		func(c *Config) string { return c.KPIPublishInterval.String() },
 		func(c *Config, v string) error { return parseDuration(v, 100*time.Millisecond, &c.KPIPublishInterval) }},

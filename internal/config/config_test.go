@@ -70,6 +70,8 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"TALLY_RELAY_POLL_INTERVAL", "0s"},
 		{"TALLY_SCHEDULER_INTERVAL", "10ms"},
 		{"TALLY_KPI_PUBLISH_INTERVAL", "1ms"},
+		{"TALLY_INVOICE_NOTICES", "-3,x"},
+		{"TALLY_INVOICE_NOTICES", "1,1"},
 		{"TALLY_TOPIC_REPLICATION", "0"},
 		{"TALLY_SHUTDOWN_TIMEOUT", "1ms"},
 		{"TALLY_DATA_DIR", ""},

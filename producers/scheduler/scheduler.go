@@ -25,6 +25,7 @@ import (
 	"github.com/tally-dev/tally/consumers/kpi"
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/date"
+	"github.com/tally-dev/tally/producers/billing"
 )
 
 // Task is one time-driven producer. Run does what is due at now and returns
@@ -41,16 +42,25 @@ type Task struct {
 //   - revenue.announce: tally.revenue.recognized.v1 for the service days
 //     through today (UTC) that the revenue ledger has not announced
 //     (revenue.Announce), every interval.
+//   - invoice.notices: the reminders and overdue notices of open invoices
+//     that notices (days from the due date) makes due by today
+//     (billing.SendNotices), every interval.
 //   - kpi.publish: tally.kpi.calculated.v1 for the KPI values that the
 //     KPI group's latest events changed (kpi.Publish), every kpiEvery:
 //     the window in which a burst of events is coalesced into one
 //     announcement per KPI and period.
-func Tasks(pool *pgxpool.Pool, kpiEvery time.Duration) []Task {
+func Tasks(pool *pgxpool.Pool, kpiEvery time.Duration, notices billing.NoticeSchedule) []Task {
 	return []Task{{
 		Name: "revenue.announce",
 		Run: func(ctx context.Context, now time.Time) (int, error) {
 			rep, err := revenue.Announce(ctx, pool, date.Of(now), 0)
 			return rep.Recognized + rep.Restated, err
+		},
+	}, {
+		Name: "invoice.notices",
+		Run: func(ctx context.Context, now time.Time) (int, error) {
+			rep, err := billing.SendNotices(ctx, pool, notices, date.Of(now), 0)
+			return rep.Reminders + rep.Overdue, err
 		},
 	}, {
 		Name:  "kpi.publish",

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/testenv"
+	"github.com/tally-dev/tally/producers/billing"
 	"github.com/tally-dev/tally/producers/scheduler"
 )
 
@@ -125,7 +126,7 @@ func TestTheRevenueTaskAnnouncesEachDayOnce(t *testing.T) {
 	var ss [2]*scheduler.Scheduler
 	for i := range ss {
 		var err error
-		if ss[i], err = scheduler.New(scheduler.Tasks(pool, time.Second), scheduler.WithClock(clock)); err != nil {
+		if ss[i], err = scheduler.New(scheduler.Tasks(pool, time.Second, billing.DefaultNoticeSchedule), scheduler.WithClock(clock)); err != nil {
 			t.Fatal(err)
 		}
 	}
