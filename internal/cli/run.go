@@ -20,12 +20,14 @@ import (
 	"github.com/twmb/franz-go/plugin/kprom"
 
 	"github.com/tally-dev/tally/consumers/kpi"
+	"github.com/tally-dev/tally/consumers/notify"
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/config"
 	"github.com/tally-dev/tally/internal/consumer"
 	"github.com/tally-dev/tally/internal/observe"
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/internal/postgres"
+	"github.com/tally-dev/tally/internal/webhook"
 	"github.com/tally-dev/tally/producers/api"
 	"github.com/tally-dev/tally/producers/relay"
 	"github.com/tally-dev/tally/producers/scheduler"
@@ -233,6 +235,7 @@ func runScheduler(ctx context.Context, e Env, cfg config.Config, log *slog.Logge
 var groups = map[string]func() *consumer.Group{
 	"revenue": revenue.Group,
 	"kpi":     kpi.Group,
+	"notify":  notify.Group,
 }
 
 func groupNames() string {
@@ -244,7 +247,9 @@ func groupNames() string {
 	return strings.Join(names, ", ")
 }
 
-// startConsumer starts a member of the group name.
+// startConsumer starts a member of the group name. A member of notify
+// also runs a webhook sender, which sends the deliveries the group writes:
+// senders share them, so scaling the group scales the sending too.
 func startConsumer(p *process, name string, brokers []string) error {
 	kp := kprom.NewMetrics("tally_kafka", kprom.Registry(p.reg), kprom.WithClientLabel())
 	r, err := consumer.New(p.pool, groups[name](),
@@ -260,6 +265,32 @@ func startConsumer(p *process, name string, brokers []string) error {
 	}
 	p.health.Check("kafka ("+name+")", r.Ping)
 	p.goRun("consumer "+name, r.Run)
+	if name == "notify" {
+		return startSender(p)
+	}
+	return nil
+}
+
+// webhookGuard is the SSRF guard of the configuration's allow-list.
+func webhookGuard(cfg config.Config) (*webhook.Guard, error) {
+	return webhook.NewGuard(webhook.WithAllow(cfg.WebhookAllow...))
+}
+
+// startSender starts a webhook sender.
+func startSender(p *process) error {
+	g, err := webhookGuard(p.cfg)
+	if err != nil {
+		return err
+	}
+	s, err := webhook.NewSender(p.pool,
+		webhook.WithGuard(g),
+		webhook.WithTimeout(p.cfg.WebhookTimeout),
+		webhook.WithLogger(p.log.With("component", "webhooks")),
+		webhook.WithRegisterer(p.reg))
+	if err != nil {
+		return err
+	}
+	p.goRun("webhook sender", s.Run)
 	return nil
 }
 
