@@ -145,15 +145,20 @@ func (p *process) notifier() *outbox.Notifier {
 
 // startAPI registers the API on the process's mux and starts what it
 // needs; it returns the handler to serve.
-func startAPI(p *process) http.Handler {
-	a := api.New(p.pool, p.notifier(), p.log, api.Config{MaxBodyBytes: p.cfg.MaxBodyBytes, IdempotencyTTL: p.cfg.IdempotencyTTL})
+func startAPI(p *process) (http.Handler, error) {
+	g, err := webhookGuard(p.cfg)
+	if err != nil {
+		return nil, err
+	}
+	a := api.New(p.pool, p.notifier(), p.log, api.Config{MaxBodyBytes: p.cfg.MaxBodyBytes, IdempotencyTTL: p.cfg.IdempotencyTTL,
+		WebhookGuard: g})
 	a.Register(p.mux)
 	p.goRun("idempotency expiry", func(ctx context.Context) error {
 		api.ExpireKeys(ctx, p.pool, p.cfg.IdempotencyTTL, time.Minute, p.log)
 		return nil
 	})
 	m := observe.NewHTTPMetrics(p.reg)
-	return m.Wrap(observe.NewTracer(), p.mux, api.Handler(p.mux))
+	return m.Wrap(observe.NewTracer(), p.mux, api.Handler(p.mux)), nil
 }
 
 // startRelay starts a relay publishing to brokers.
@@ -314,7 +319,7 @@ func runAPI(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) err
 	}
 	return run(ctx, cfg, log, func(p *process) (http.Handler, error) {
 		log.Info("serving the API", "addr", cfg.HTTPAddr)
-		return startAPI(p), nil
+		return startAPI(p)
 	})
 }
 

@@ -126,8 +126,11 @@ func newEndpointID() string {
 	return "we_" + hex.EncodeToString(b)
 }
 
-// CreateEndpoint registers an endpoint; the answer holds its secret.
-func CreateEndpoint(ctx context.Context, db DB, n NewEndpoint) (Endpoint, error) {
+// CreateEndpoint registers an endpoint; the answer holds its secret. It
+// needs only QueryRow of a DB, so that it runs in any transaction.
+func CreateEndpoint(ctx context.Context, db interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}, n NewEndpoint) (Endpoint, error) {
 	if n.Secret == "" {
 		n.Secret = NewSecret()
 	}
