@@ -47,6 +47,7 @@ import (
 	"github.com/twmb/franz-go/plugin/kprom"
 
 	"github.com/tally-dev/tally/consumers/kpi"
+	"github.com/tally-dev/tally/consumers/notify"
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/cli"
 	"github.com/tally-dev/tally/internal/config"
@@ -410,6 +411,7 @@ func knownGroups(t *testing.T) map[string]bool {
 var groupTopics = map[string][]string{
 	"revenue": revenue.Topics,
 	"kpi":     kpi.Topics,
+	"notify":  notify.Topics,
 }
 
 // groupPartitions returns the fewest partitions of a topic group reads: the

@@ -46,7 +46,10 @@ func runDev(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) err
 	}
 
 	return run(ctx, cfg, log, func(p *process) (http.Handler, error) {
-		h := startAPI(p)
+		h, err := startAPI(p)
+		if err != nil {
+			return nil, err
+		}
 		if err := startRelay(p, brokers); err != nil {
 			return nil, err
 		}

@@ -20,12 +20,14 @@ import (
 	"github.com/twmb/franz-go/plugin/kprom"
 
 	"github.com/tally-dev/tally/consumers/kpi"
+	"github.com/tally-dev/tally/consumers/notify"
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/config"
 	"github.com/tally-dev/tally/internal/consumer"
 	"github.com/tally-dev/tally/internal/observe"
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/internal/postgres"
+	"github.com/tally-dev/tally/internal/webhook"
 	"github.com/tally-dev/tally/producers/api"
 	"github.com/tally-dev/tally/producers/relay"
 	"github.com/tally-dev/tally/producers/scheduler"
@@ -143,15 +145,20 @@ func (p *process) notifier() *outbox.Notifier {
 
 // startAPI registers the API on the process's mux and starts what it
 // needs; it returns the handler to serve.
-func startAPI(p *process) http.Handler {
-	a := api.New(p.pool, p.notifier(), p.log, api.Config{MaxBodyBytes: p.cfg.MaxBodyBytes, IdempotencyTTL: p.cfg.IdempotencyTTL})
+func startAPI(p *process) (http.Handler, error) {
+	g, err := webhookGuard(p.cfg)
+	if err != nil {
+		return nil, err
+	}
+	a := api.New(p.pool, p.notifier(), p.log, api.Config{MaxBodyBytes: p.cfg.MaxBodyBytes, IdempotencyTTL: p.cfg.IdempotencyTTL,
+		WebhookGuard: g})
 	a.Register(p.mux)
 	p.goRun("idempotency expiry", func(ctx context.Context) error {
 		api.ExpireKeys(ctx, p.pool, p.cfg.IdempotencyTTL, time.Minute, p.log)
 		return nil
 	})
 	m := observe.NewHTTPMetrics(p.reg)
-	return m.Wrap(observe.NewTracer(), p.mux, api.Handler(p.mux))
+	return m.Wrap(observe.NewTracer(), p.mux, api.Handler(p.mux)), nil
 }
 
 // startRelay starts a relay publishing to brokers.
@@ -233,6 +240,7 @@ func runScheduler(ctx context.Context, e Env, cfg config.Config, log *slog.Logge
 var groups = map[string]func() *consumer.Group{
 	"revenue": revenue.Group,
 	"kpi":     kpi.Group,
+	"notify":  notify.Group,
 }
 
 func groupNames() string {
@@ -244,7 +252,9 @@ func groupNames() string {
 	return strings.Join(names, ", ")
 }
 
-// startConsumer starts a member of the group name.
+// startConsumer starts a member of the group name. A member of notify
+// also runs a webhook sender, which sends the deliveries the group writes:
+// senders share them, so scaling the group scales the sending too.
 func startConsumer(p *process, name string, brokers []string) error {
 	kp := kprom.NewMetrics("tally_kafka", kprom.Registry(p.reg), kprom.WithClientLabel())
 	r, err := consumer.New(p.pool, groups[name](),
@@ -260,6 +270,32 @@ func startConsumer(p *process, name string, brokers []string) error {
 	}
 	p.health.Check("kafka ("+name+")", r.Ping)
 	p.goRun("consumer "+name, r.Run)
+	if name == "notify" {
+		return startSender(p)
+	}
+	return nil
+}
+
+// webhookGuard is the SSRF guard of the configuration's allow-list.
+func webhookGuard(cfg config.Config) (*webhook.Guard, error) {
+	return webhook.NewGuard(webhook.WithAllow(cfg.WebhookAllow...))
+}
+
+// startSender starts a webhook sender.
+func startSender(p *process) error {
+	g, err := webhookGuard(p.cfg)
+	if err != nil {
+		return err
+	}
+	s, err := webhook.NewSender(p.pool,
+		webhook.WithGuard(g),
+		webhook.WithTimeout(p.cfg.WebhookTimeout),
+		webhook.WithLogger(p.log.With("component", "webhooks")),
+		webhook.WithRegisterer(p.reg))
+	if err != nil {
+		return err
+	}
+	p.goRun("webhook sender", s.Run)
 	return nil
 }
 
@@ -283,7 +319,7 @@ func runAPI(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) err
 	}
 	return run(ctx, cfg, log, func(p *process) (http.Handler, error) {
 		log.Info("serving the API", "addr", cfg.HTTPAddr)
-		return startAPI(p), nil
+		return startAPI(p)
 	})
 }
 

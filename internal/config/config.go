@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -76,6 +77,14 @@ type Config struct {
 	// for; -1 takes the broker's default.
 	TopicReplication int
 
+	// WebhookAllow are the addresses, CIDR prefixes and host names webhook
+	// endpoints may have although they are internal (loopback, private,
+	// link-local...), which are refused otherwise: for tests and
+	// on-premise receivers.
+	WebhookAllow []string
+	// WebhookTimeout bounds each webhook delivery attempt.
+	WebhookTimeout time.Duration
+
 	// ShutdownTimeout bounds a graceful stop after SIGTERM or SIGINT.
 	ShutdownTimeout time.Duration
 }
@@ -101,6 +110,7 @@ func Default() Config {
 		InvoiceNotices:     slices.Clone(billing.DefaultNoticeSchedule),
 		RetryDelays:        slices.Clone(topics.RetryDelays),
 		TopicReplication:   -1,
+		WebhookTimeout:     10 * time.Second,
 		ShutdownTimeout:    20 * time.Second,
 	}
 }
@@ -251,6 +261,27 @@ var settings = []Setting{
 			c.TopicReplication = n
 			return nil
 		}},
+	{"TALLY_WEBHOOK_ALLOW", "webhook-allow", "comma-separated addresses, CIDR prefixes and host names webhook endpoints may reach although internal (loopback, private, link-local, metadata), which are refused otherwise",
+		func(c *Config) string { return strings.Join(c.WebhookAllow, ",") },
+		func(c *Config, v string) error {
+			var as []string
+			for _, a := range strings.Split(v, ",") {
+				if a = strings.TrimSpace(a); a == "" {
+					continue
+				}
+				if strings.Contains(a, "/") {
+					if _, err := netip.ParsePrefix(a); err != nil {
+						return err
+					}
+				}
+				as = append(as, a)
+			}
+			c.WebhookAllow = as
+			return nil
+		}},
+	{"TALLY_WEBHOOK_TIMEOUT", "webhook-timeout", "bound on each webhook delivery attempt (connection, request and response)",
+		func(c *Config) string { return c.WebhookTimeout.String() },
+		func(c *Config, v string) error { return parseDuration(v, 100*time.Millisecond, &c.WebhookTimeout) }},
 	{"TALLY_SHUTDOWN_TIMEOUT", "shutdown-timeout", "bound on a graceful stop after SIGTERM",
 		func(c *Config) string { return c.ShutdownTimeout.String() },
 		func(c *Config, v string) error { return parseDuration(v, time.Second, &c.ShutdownTimeout) }},

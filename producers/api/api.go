@@ -25,6 +25,7 @@ import (
 	"github.com/tally-dev/tally/internal/observe"
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/internal/postgres"
+	"github.com/tally-dev/tally/internal/webhook"
 	"github.com/tally-dev/tally/producers/billing"
 	"github.com/tally-dev/tally/producers/importer"
 )
@@ -48,6 +49,10 @@ type Config struct {
 	// MaxImportBytes bounds an uploaded CSV file (413 beyond it); 0 is
 	// DefaultMaxImportBytes.
 	MaxImportBytes int64
+	// WebhookGuard checks the URLs of webhook endpoints at registration;
+	// nil refuses every internal address (webhook.NewGuard without an
+	// allow-list).
+	WebhookGuard *webhook.Guard
 }
 
 // API serves the HTTP API.
@@ -57,12 +62,17 @@ type API struct {
 	importer *importer.Importer
 	log      *slog.Logger
 	cfg      Config
+	guard    *webhook.Guard
 }
 
 // New returns the API. notifier wakes relays after each commit that wrote
 // events.
 func New(pool *pgxpool.Pool, notifier *outbox.Notifier, log *slog.Logger, cfg Config) *API {
-	return &API{pool: pool, notifier: notifier, importer: importer.New(pool, notifier.Notify), log: log, cfg: cfg}
+	guard := cfg.WebhookGuard
+	if guard == nil {
+		guard, _ = webhook.NewGuard() // no option: no error
+	}
+	return &API{pool: pool, notifier: notifier, importer: importer.New(pool, notifier.Notify), log: log, cfg: cfg, guard: guard}
 }
 
 // Register adds the API's routes to mux.

@@ -12,6 +12,7 @@ import (
 	"github.com/tally-dev/tally/internal/consumer"
 	"github.com/tally-dev/tally/internal/envelope"
 	"github.com/tally-dev/tally/internal/outbox"
+	"github.com/tally-dev/tally/internal/webhook"
 	"github.com/tally-dev/tally/producers/billing"
 	"github.com/tally-dev/tally/producers/importer"
 )
@@ -107,8 +108,19 @@ func (a *API) routes() map[string]http.HandlerFunc {
 		"GET /v1/revenue/deferred":               a.deferred,
 		"GET /v1/kpis":                           a.kpis,
 		"GET /v1/kpis/stream":                    a.kpiStream,
-		"GET /v1/dlq":                            a.listParked,
-		"GET /v1/dlq/{id}":                       a.showParked,
+		"POST /v1/webhooks/endpoints":            a.createEndpoint,
+		"GET /v1/webhooks/endpoints":             a.listEndpoints,
+		"GET /v1/webhooks/endpoints/{id}": a.read(func(ctx context.Context, id string) (any, error) {
+			return webhook.GetEndpoint(ctx, a.pool, id)
+		}),
+		"PATCH /v1/webhooks/endpoints/{id}":           a.patchEndpoint,
+		"DELETE /v1/webhooks/endpoints/{id}":          a.deleteEndpoint,
+		"GET /v1/webhooks/endpoints/{id}/deliveries":  a.listDeliveries,
+		"POST /v1/webhooks/endpoints/{id}/redeliver":  a.redeliverRange,
+		"GET /v1/webhooks/deliveries/{id}":            a.getDelivery,
+		"POST /v1/webhooks/deliveries/{id}/redeliver": a.redeliver,
+		"GET /v1/dlq":      a.listParked,
+		"GET /v1/dlq/{id}": a.showParked,
 		"POST /v1/dlq/replay": a.actOnParked("replayed", true, func(ctx context.Context, f consumer.Filter, edited []byte, act consumer.Action) (int, error) {
 			return consumer.Replay(ctx, a.pool, f, edited, act)
 		}),

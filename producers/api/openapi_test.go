@@ -48,6 +48,12 @@ const (
 	rReplay         = "/v1/dlq/replay"
 	rSkip           = "/v1/dlq/skip"
 	rPurge          = "/v1/dlq/purge"
+	rEndpoints      = "/v1/webhooks/endpoints"
+	rEndpoint       = "/v1/webhooks/endpoints/{id}"
+	rDeliveries     = "/v1/webhooks/endpoints/{id}/deliveries"
+	rRangeRedeliver = "/v1/webhooks/endpoints/{id}/redeliver"
+	rDelivery       = "/v1/webhooks/deliveries/{id}"
+	rRedeliver      = "/v1/webhooks/deliveries/{id}/redeliver"
 )
 
 type obj = map[string]any
@@ -563,6 +569,15 @@ func everyOperation() []request {
 		{"POST", rReplay, rReplay, obj{"actor": "ops", "ids": []int{1}}},
 		{"POST", rSkip, rSkip, obj{"actor": "ops", "ids": []int{1}}},
 		{"POST", rPurge, rPurge, obj{"actor": "ops", "ids": []int{1}}},
+		{"POST", rEndpoints, rEndpoints, obj{"url": "https://93.184.215.14/hooks", "event_types": []string{"*"}}},
+		{"GET", rEndpoints, rEndpoints, nil},
+		{"GET", rEndpoint, "/v1/webhooks/endpoints/we_1", nil},
+		{"PATCH", rEndpoint, "/v1/webhooks/endpoints/we_1", obj{"enabled": true}},
+		{"DELETE", rEndpoint, "/v1/webhooks/endpoints/we_1", nil},
+		{"GET", rDeliveries, "/v1/webhooks/endpoints/we_1/deliveries", nil},
+		{"POST", rRangeRedeliver, "/v1/webhooks/endpoints/we_1/redeliver", obj{"since": "2025-03-01T00:00:00Z"}},
+		{"GET", rDelivery, "/v1/webhooks/deliveries/1", nil},
+		{"POST", rRedeliver, "/v1/webhooks/deliveries/1/redeliver", nil},
 	}
 }
 
@@ -585,11 +600,17 @@ var mutations = []struct{ method, route, path, valid, wrongType string }{
 	{"POST", rReplay, rReplay, `{"actor":"ops","ids":[1]}`, `{"actor":"ops","ids":[1.5]}`},
 	{"POST", rSkip, rSkip, `{"actor":"ops","ids":[1]}`, `{"actor":"ops","ids":"1"}`},
 	{"POST", rPurge, rPurge, `{"actor":"ops","ids":[1]}`, `{"actor":"ops","all":"yes"}`},
+	{"POST", rEndpoints, rEndpoints, `{"url":"https://93.184.215.14/","event_types":["*"]}`, `{"event_types":"*"}`},
+	{"PATCH", rEndpoint, "/v1/webhooks/endpoints/we_1", `{"enabled":true}`, `{"enabled":"yes"}`},
+	{"POST", rRangeRedeliver, "/v1/webhooks/endpoints/we_1/redeliver", `{"since":"2025-03-01T00:00:00Z"}`, `{"include_succeeded":1}`},
 }
 
 // takesKey reports whether a POST on route takes an Idempotency-Key: every
 // one but the dead-letter queue's actions, which are idempotent by nature.
-func takesKey(route string) bool { return !strings.HasPrefix(route, rDLQ+"/") }
+// The redeliveries neither: asking twice makes the same deliveries due.
+func takesKey(route string) bool {
+	return !strings.HasPrefix(route, rDLQ+"/") && !strings.HasSuffix(route, "/redeliver")
+}
 
 func TestOpenAPIDescribesEveryResponse(t *testing.T) {
 	t.Parallel()
@@ -605,6 +626,7 @@ func TestOpenAPIDescribesEveryResponse(t *testing.T) {
 		t.Run("revenue reports", testRevenueReports)
 		t.Run("kpis", testKPIs)
 		t.Run("dead-letter queue", testDLQ)
+		t.Run("webhooks", testWebhooks)
 		t.Run("idempotency", testIdempotency)
 		t.Run("unreadable requests", testUnreadable)
 		t.Run("body limit", testBodyLimit)
@@ -1318,7 +1340,8 @@ func testBroken(t *testing.T) {
 		 ALTER TABLE revenue_entries RENAME TO revenue_entries_gone; ALTER TABLE consumer_parked RENAME TO consumer_parked_gone;
 		 ALTER TABLE sales RENAME TO sales_gone; ALTER TABLE expenses RENAME TO expenses_gone;
 		 ALTER TABLE imports RENAME TO imports_gone; ALTER TABLE kpi_sales RENAME TO kpi_sales_gone;
-		 ALTER TABLE kpi_values RENAME TO kpi_values_gone`); err != nil {
+		 ALTER TABLE kpi_values RENAME TO kpi_values_gone; ALTER TABLE webhook_endpoints RENAME TO webhook_endpoints_gone;
+		 ALTER TABLE webhook_deliveries RENAME TO webhook_deliveries_gone; ALTER TABLE webhook_attempts RENAME TO webhook_attempts_gone`); err != nil {
 		t.Fatal(err)
 	}
 	s := serve(t, pool, defaultConfig)

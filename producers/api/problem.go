@@ -55,6 +55,9 @@ func writeProblem(w http.ResponseWriter, r *http.Request, p Problem) {
 // problemOf maps a command's error to its problem; ok is false for errors
 // that are not the client's (the caller answers 500 or 503).
 func problemOf(err error) (p Problem, ok bool) {
+	if p, ok := webhookProblem(err); ok {
+		return p, true
+	}
 	var ve *billing.ValidationError
 	switch {
 	case errors.As(err, &ve):
