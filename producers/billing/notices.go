@@ -125,9 +125,7 @@ func noticeBatch(ctx context.Context, pool *pgxpool.Pool, m Meta, schedule Notic
 	// recheck of status = 'open' after the lock (READ COMMITTED's
 	// re-evaluation of a locked row) sees a payment that committed first.
 	rows, err := tx.Query(ctx, `
-		SELECT i.id, s.latest,
-			(SELECT coalesce(array_agg(n.step), '{}') FROM invoice_notices n WHERE n.invoice_id = i.id) AS sent
-		FROM invoices i
+		SELECT i.id, s.latest FROM invoices i
 		CROSS JOIN LATERAL (SELECT max(d) AS latest FROM unnest($2::int[]) AS d WHERE i.due_at + d <= $1::date) s
 		WHERE i.status = 'open' AND i.total > i.amount_paid AND s.latest IS NOT NULL
 			AND NOT EXISTS (SELECT 1 FROM invoice_notices n WHERE n.invoice_id = i.id AND n.step >= s.latest)
@@ -139,11 +137,10 @@ func noticeBatch(ctx context.Context, pool *pgxpool.Pool, m Meta, schedule Notic
 	type due struct {
 		id   string
 		step int
-		sent []int // the steps recorded already
 	}
 	var dues []due
 	var d due
-	if _, err := pgx.ForEachRow(rows, []any{&d.id, &d.step, &d.sent}, func() error { dues = append(dues, d); return nil }); err != nil {
+	if _, err := pgx.ForEachRow(rows, []any{&d.id, &d.step}, func() error { dues = append(dues, d); return nil }); err != nil {
 		return 0, err
 	}
 	var evs []envelope.Event
@@ -156,9 +153,14 @@ func noticeBatch(ctx context.Context, pool *pgxpool.Pool, m Meta, schedule Notic
 		if inv.Status != StatusOpen || inv.AmountDue <= 0 || pastDue < d.step {
 			continue // changed since it was chosen: nothing to say
 		}
+		var sent []int
+		if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(step), '{}') FROM invoice_notices WHERE invoice_id = $1`,
+			d.id).Scan(&sent); err != nil {
+			return 0, err
+		}
 		var skipped []int
 		for _, s := range steps {
-			if s < d.step && !slices.Contains(d.sent, s) {
+			if s < d.step && !slices.Contains(sent, s) {
 				skipped = append(skipped, s)
 			}
 		}
