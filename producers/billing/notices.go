@@ -158,6 +158,12 @@ func noticeBatch(ctx context.Context, pool *pgxpool.Pool, m Meta, schedule Notic
 			d.id).Scan(&sent); err != nil {
 			return 0, err
 		}
+		// The choice was made on the statement's snapshot: a scheduler that
+		// sent this step and committed before the lock was taken is seen
+		// only now.
+		if slices.ContainsFunc(sent, func(s int) bool { return s >= d.step }) {
+			continue
+		}
 		var skipped []int
 		for _, s := range steps {
 			if s < d.step && !slices.Contains(sent, s) {

@@ -66,8 +66,9 @@ func TestTasksRunAtStartAndEveryInterval(t *testing.T) {
 	if got := value(t, reg, `tally_scheduler_runs_total{outcome="ok",task="good"}`); got != float64(runs) {
 		t.Errorf("tally_scheduler_runs_total{task=good,outcome=ok} is %v, want %d", got, runs)
 	}
-	if got := value(t, reg, `tally_scheduler_runs_total{outcome="error",task="bad"}`); got != float64(bad.Load()) {
-		t.Errorf("tally_scheduler_runs_total{task=bad,outcome=error} is %v, want %d", got, bad.Load())
+	// A run the stop cut short is no failure of the task.
+	if got, n := value(t, reg, `tally_scheduler_runs_total{outcome="error",task="bad"}`), float64(bad.Load()); got != n && got != n-1 {
+		t.Errorf("tally_scheduler_runs_total{task=bad,outcome=error} is %v, want %v (or one less, the run the stop cut short)", got, n)
 	}
 	if got := value(t, reg, `tally_scheduler_events_total{task="good"}`); got != float64(2*runs) {
 		t.Errorf("tally_scheduler_events_total{task=good} is %v, want %d", got, 2*runs)
