@@ -33,6 +33,7 @@ fuzz:
 	$(GO) test ./internal/money -run '^$$' -fuzz FuzzParseDecimal -fuzztime $(FUZZTIME)
 	$(GO) test ./producers/importer -run '^$$' -fuzz FuzzDecodeRow -fuzztime $(FUZZTIME)
 	$(GO) test ./producers/importer -run '^$$' -fuzz FuzzParseAmount -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/mail -run '^$$' -fuzz FuzzCompose -fuzztime $(FUZZTIME)
 
 ## bench: the speed targets; prints `BENCH <name> <value> <unit>` lines (median of BENCHCOUNT runs)
 bench:
