@@ -22,8 +22,15 @@ type obj = map[string]any
 
 const stamp = "2025-03-01T09:00:00Z"
 
-// event makes a valid event of typ about subject on its topic.
+// event makes a valid event of typ about subject on its topic, at the
+// subject's first version.
 func event(t *testing.T, typ, subject string, payload obj) *kgo.Record {
+	t.Helper()
+	return eventAt(t, typ, subject, 1, payload)
+}
+
+// eventAt makes a valid event of typ about subject, at its version seq.
+func eventAt(t *testing.T, typ, subject string, seq int64, payload obj) *kgo.Record {
 	t.Helper()
 	data, err := json.Marshal(payload)
 	if err != nil {
@@ -34,7 +41,7 @@ func event(t *testing.T, typ, subject string, payload obj) *kgo.Record {
 	}
 	topic, _ := topics.TopicOf(typ)
 	e := envelope.Event{ID: envelope.NewID(), Type: typ, Source: "/test", Subject: subject, Time: time.Now().UTC(),
-		Sequence: 1, CorrelationID: "c", Data: data}
+		Sequence: seq, CorrelationID: "c", Data: data}
 	return e.Record(topic)
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/tally-dev/tally/internal/cli"
 	"github.com/tally-dev/tally/internal/envelope"
+	"github.com/tally-dev/tally/internal/mail/smtptest"
 	"github.com/tally-dev/tally/internal/testenv"
 )
 
@@ -58,6 +60,12 @@ type dev struct {
 
 func startDev(t *testing.T) *dev {
 	t.Helper()
+	return startDevWith(t, nil)
+}
+
+// startDevWith starts tally dev with extra settings in its environment.
+func startDevWith(t *testing.T, extra map[string]string) *dev {
+	t.Helper()
 	d := &dev{http: freeAddr(t), kafka: freeAddr(t), stdout: &syncBuffer{}}
 	env := map[string]string{
 		"DATABASE_URL":         testenv.DatabaseURL(t),
@@ -67,6 +75,9 @@ func startDev(t *testing.T) *dev {
 		"TALLY_LOG_LEVEL":      "warn",
 		// The scheduler's first run is before any invoice exists.
 		"TALLY_SCHEDULER_INTERVAL": "1s",
+	}
+	for k, v := range extra {
+		env[k] = v
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	status := make(chan int, 1)
@@ -438,5 +449,40 @@ func TestTopicsApplyAgainstABroker(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "0 created, 0 drifted") {
 		t.Errorf("topics apply on a complete cluster said %q", out.String())
+	}
+}
+
+// TestDevSendsEmail checks the email path as tally dev wires it: the API's
+// events reach the notify group, which queues a welcome and receipts that
+// its mail sender sends to the SMTP server of TALLY_SMTP_ADDR.
+func TestDevSendsEmail(t *testing.T) {
+	t.Parallel()
+	srv := smtptest.New(t)
+	d := startDevWith(t, map[string]string{"TALLY_SMTP_ADDR": srv.Addr, "TALLY_SMTP_FROM": "Acme <billing@acme.example>"})
+	c := d.call(t, "POST", "/v1/customers", map[string]any{"name": "Ada", "email": "ada@example.com"}, 201)
+	d.call(t, "POST", "/v1/invoices", map[string]any{"id": "inv-m", "customer_id": c["id"], "currency": "USD",
+		"issued_at": "2025-01-01", "due_at": "2025-01-31", "lines": []any{map[string]any{"description": "Plan", "amount": 10000}}}, 201)
+	d.call(t, "POST", "/v1/invoices/inv-m/payments", map[string]any{"amount": 4000, "paid_at": "2025-01-10"}, 201)
+	d.call(t, "POST", "/v1/invoices/inv-m/payments", map[string]any{"amount": 6000, "paid_at": "2025-01-20"}, 201)
+	ms := srv.Wait(t, 3, 30*time.Second)
+	var subjects []string
+	for _, m := range ms {
+		if len(m.To) != 1 || m.To[0] != "ada@example.com" || m.From != "billing@acme.example" {
+			t.Errorf("a message from %s to %v", m.From, m.To)
+		}
+		for _, line := range strings.Split(m.Data, "\r\n") {
+			if s, ok := strings.CutPrefix(line, "Subject: "); ok {
+				subjects = append(subjects, s)
+			}
+		}
+	}
+	slices.Sort(subjects)
+	want := []string{"Invoice inv-m is paid in full", "Payment received for invoice inv-m", "Welcome, Ada"}
+	if !slices.Equal(subjects, want) {
+		t.Errorf("subjects %q, want %q", subjects, want)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := len(srv.Messages()); n != 3 {
+		t.Errorf("the server took %d messages, want 3", n)
 	}
 }

@@ -48,7 +48,7 @@ func runReplay(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) 
 	}
 	defer pool.Close()
 	began := time.Now()
-	rep, err := consumer.Rebuild(ctx, pool, groups[name](), rc,
+	rep, err := consumer.Rebuild(ctx, pool, groups[name](cfg), rc,
 		consumer.WithKafkaOptions(kgo.SeedBrokers(cfg.KafkaBrokers...)),
 		consumer.WithLogger(log),
 		consumer.WithRetryDelays(cfg.RetryDelays...))

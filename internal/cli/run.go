@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -24,6 +26,7 @@ import (
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/config"
 	"github.com/tally-dev/tally/internal/consumer"
+	"github.com/tally-dev/tally/internal/mail"
 	"github.com/tally-dev/tally/internal/observe"
 	"github.com/tally-dev/tally/internal/outbox"
 	"github.com/tally-dev/tally/internal/postgres"
@@ -237,10 +240,15 @@ func runScheduler(ctx context.Context, e Env, cfg config.Config, log *slog.Logge
 }
 
 // groups are the consumer groups `tally consume` runs, by name.
-var groups = map[string]func() *consumer.Group{
-	"revenue": revenue.Group,
-	"kpi":     kpi.Group,
-	"notify":  notify.Group,
+var groups = map[string]func(config.Config) *consumer.Group{
+	"revenue": func(config.Config) *consumer.Group { return revenue.Group() },
+	"kpi":     func(config.Config) *consumer.Group { return kpi.Group() },
+	"notify": func(cfg config.Config) *consumer.Group {
+		if cfg.SMTPAddr == "" {
+			return notify.Group()
+		}
+		return notify.Group(notify.WithMail())
+	},
 }
 
 func groupNames() string {
@@ -253,11 +261,12 @@ func groupNames() string {
 }
 
 // startConsumer starts a member of the group name. A member of notify
-// also runs a webhook sender, which sends the deliveries the group writes:
-// senders share them, so scaling the group scales the sending too.
+// also runs a webhook sender and, with an SMTP server, a mail sender,
+// which send the deliveries and messages the group writes: senders share
+// them, so scaling the group scales the sending too.
 func startConsumer(p *process, name string, brokers []string) error {
 	kp := kprom.NewMetrics("tally_kafka", kprom.Registry(p.reg), kprom.WithClientLabel())
-	r, err := consumer.New(p.pool, groups[name](),
+	r, err := consumer.New(p.pool, groups[name](p.cfg),
 		consumer.WithKafkaOptions(kgo.SeedBrokers(brokers...), kgo.WithHooks(kp)),
 		consumer.WithLogger(p.log.With("component", "consume")),
 		consumer.WithRegisterer(p.reg),
@@ -271,7 +280,7 @@ func startConsumer(p *process, name string, brokers []string) error {
 	p.health.Check("kafka ("+name+")", r.Ping)
 	p.goRun("consumer "+name, r.Run)
 	if name == "notify" {
-		return startSender(p)
+		return startSenders(p)
 	}
 	return nil
 }
@@ -281,22 +290,68 @@ func webhookGuard(cfg config.Config) (*webhook.Guard, error) {
 	return webhook.NewGuard(webhook.WithAllow(cfg.WebhookAllow...))
 }
 
-// startSender starts a webhook sender.
-func startSender(p *process) error {
+// startSenders starts a webhook sender and, with an SMTP server, a mail
+// sender; the webhook sender then tells the operator, if there is one, of
+// each endpoint it disables.
+func startSenders(p *process) error {
 	g, err := webhookGuard(p.cfg)
 	if err != nil {
 		return err
 	}
-	s, err := webhook.NewSender(p.pool,
-		webhook.WithGuard(g),
-		webhook.WithTimeout(p.cfg.WebhookTimeout),
-		webhook.WithLogger(p.log.With("component", "webhooks")),
-		webhook.WithRegisterer(p.reg))
+	opts := []webhook.SenderOpt{webhook.WithGuard(g), webhook.WithTimeout(p.cfg.WebhookTimeout),
+		webhook.WithLogger(p.log.With("component", "webhooks")), webhook.WithRegisterer(p.reg)}
+	if p.cfg.SMTPAddr != "" {
+		ms, err := newMailSender(p)
+		if err != nil {
+			return err
+		}
+		p.goRun("mail sender", ms.Run)
+		if p.cfg.MailOperator != "" {
+			opts = append(opts, webhook.WithOnDisable(tellOperator(p.cfg.MailOperator)))
+		}
+	}
+	s, err := webhook.NewSender(p.pool, opts...)
 	if err != nil {
 		return err
 	}
 	p.goRun("webhook sender", s.Run)
 	return nil
+}
+
+// newMailSender builds the mail sender of the configuration.
+func newMailSender(p *process) (*mail.Sender, error) {
+	t, err := mail.LoadTemplates(p.cfg.MailTemplates)
+	if err != nil {
+		return nil, err
+	}
+	opts := []mail.SMTPOpt{mail.WithTLS(p.cfg.SMTPTLS)}
+	if p.cfg.SMTPUsername != "" {
+		opts = append(opts, mail.WithAuth(p.cfg.SMTPUsername, p.cfg.SMTPPassword))
+	}
+	c, err := mail.NewSMTP(p.cfg.SMTPAddr, p.cfg.SMTPFrom, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return mail.NewSender(p.pool, c, t, mail.WithLogger(p.log.With("component", "mail")), mail.WithRegisterer(p.reg))
+}
+
+// tellOperator queues, with an endpoint's disabling, the email that tells
+// operator of it.
+func tellOperator(operator string) func(context.Context, pgx.Tx, webhook.Disabled) error {
+	return func(ctx context.Context, tx pgx.Tx, d webhook.Disabled) error {
+		b := &pgx.Batch{}
+		err := mail.Queue(mail.QueueFunc(func(sql string, args ...any) { b.Queue(sql, args...) }), mail.Message{
+			Key: "endpoint_disabled:" + d.ID + ":" + d.At.UTC().Format(time.RFC3339Nano), Kind: mail.KindEndpointDisabled,
+			EventID: uuid.NewSHA1(uuid.NameSpaceURL, []byte("tally:webhook-endpoint-disabled:"+d.ID+":"+d.At.String())),
+			To:      mail.Address{Email: operator},
+			Data: map[string]any{"endpoint_id": d.ID, "url": d.URL, "reason": d.Reason,
+				"disabled_at": d.At.UTC().Format(time.RFC3339)},
+		}, d.At)
+		if err != nil {
+			return err
+		}
+		return tx.SendBatch(ctx, b).Close()
+	}
 }
 
 func runConsume(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) error {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	netmail "net/mail"
 	"net/netip"
 	"net/url"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tally-dev/tally/internal/mail"
 	"github.com/tally-dev/tally/producers/billing"
 	"github.com/tally-dev/tally/topics"
 )
@@ -85,6 +87,24 @@ type Config struct {
 	// WebhookTimeout bounds each webhook delivery attempt.
 	WebhookTimeout time.Duration
 
+	// SMTPAddr is the SMTP server email goes through (host:port); empty
+	// sends no email, and the notify group queues none.
+	SMTPAddr string
+	// SMTPFrom is the sender of every message, with or without a display
+	// name.
+	SMTPFrom string
+	// SMTPUsername and SMTPPassword, if set, authenticate with AUTH PLAIN.
+	SMTPUsername, SMTPPassword string
+	// SMTPTLS is the TLS mode: opportunistic, starttls, tls or none (see
+	// internal/mail).
+	SMTPTLS string
+	// MailTemplates is a directory whose KIND.txt and KIND.html replace the
+	// built-in templates of that kind; empty keeps them all.
+	MailTemplates string
+	// MailOperator is who is told, by email, that a webhook endpoint was
+	// disabled; empty tells no one (the log and the alert still do).
+	MailOperator string
+
 	// ShutdownTimeout bounds a graceful stop after SIGTERM or SIGINT.
 	ShutdownTimeout time.Duration
 }
@@ -111,6 +131,8 @@ func Default() Config {
 		RetryDelays:        slices.Clone(topics.RetryDelays),
 		TopicReplication:   -1,
 		WebhookTimeout:     10 * time.Second,
+		SMTPFrom:           "Tally <tally@localhost>",
+		SMTPTLS:            mail.TLSOpportunistic,
 		ShutdownTimeout:    20 * time.Second,
 	}
 }
@@ -282,6 +304,40 @@ var settings = []Setting{
 	{"TALLY_WEBHOOK_TIMEOUT", "webhook-timeout", "bound on each webhook delivery attempt (connection, request and response)",
 		func(c *Config) string { return c.WebhookTimeout.String() },
 		func(c *Config, v string) error { return parseDuration(v, 100*time.Millisecond, &c.WebhookTimeout) }},
+	{"TALLY_SMTP_ADDR", "smtp-addr", "SMTP server (host:port) email is sent through; empty sends none",
+		func(c *Config) string { return c.SMTPAddr },
+		func(c *Config, v string) error {
+			if err := checkAddr(v); err != nil {
+				return err
+			}
+			c.SMTPAddr = v
+			return nil
+		}},
+	{"TALLY_SMTP_FROM", "smtp-from", "sender of every email: an address, with or without a display name",
+		func(c *Config) string { return c.SMTPFrom },
+		func(c *Config, v string) error { return parseAddress(v, &c.SMTPFrom) }},
+	{"TALLY_SMTP_USERNAME", "smtp-username", "user for SMTP AUTH PLAIN (only over TLS or to localhost); empty: no AUTH",
+		func(c *Config) string { return c.SMTPUsername },
+		func(c *Config, v string) error { c.SMTPUsername = v; return nil }},
+	{"TALLY_SMTP_PASSWORD", "smtp-password", "password for SMTP AUTH PLAIN",
+		func(c *Config) string { return "" },
+		func(c *Config, v string) error { c.SMTPPassword = v; return nil }},
+	{"TALLY_SMTP_TLS", "smtp-tls", "SMTP TLS mode: opportunistic (STARTTLS when offered), starttls (required), tls (implicit, port 465) or none",
+		func(c *Config) string { return c.SMTPTLS },
+		func(c *Config, v string) error {
+			switch v {
+			case mail.TLSOpportunistic, mail.TLSStartTLS, mail.TLSImplicit, mail.TLSNone:
+				c.SMTPTLS = v
+				return nil
+			}
+			return fmt.Errorf("want %s, %s, %s or %s", mail.TLSOpportunistic, mail.TLSStartTLS, mail.TLSImplicit, mail.TLSNone)
+		}},
+	{"TALLY_MAIL_TEMPLATES", "mail-templates", "directory whose KIND.txt and KIND.html (welcome, receipt, reminder, overdue, endpoint_disabled) replace the built-in email templates",
+		func(c *Config) string { return c.MailTemplates },
+		func(c *Config, v string) error { c.MailTemplates = v; return nil }},
+	{"TALLY_MAIL_OPERATOR", "mail-operator", "address told by email when a webhook endpoint is disabled; empty: no one",
+		func(c *Config) string { return c.MailOperator },
+		func(c *Config, v string) error { return parseAddress(v, &c.MailOperator) }},
 	{"TALLY_SHUTDOWN_TIMEOUT", "shutdown-timeout", "bound on a graceful stop after SIGTERM",
 		func(c *Config) string { return c.ShutdownTimeout.String() },
 		func(c *Config, v string) error { return parseDuration(v, time.Second, &c.ShutdownTimeout) }},
@@ -315,6 +371,16 @@ func Load(name string, args []string, getenv func(string) string, usage io.Write
 		return c, nil, err
 	}
 	return c, fs.Args(), nil
+}
+
+// parseAddress sets *dst to v, an email address with or without a display
+// name.
+func parseAddress(v string, dst *string) error {
+	if _, err := netmail.ParseAddress(v); err != nil {
+		return fmt.Errorf("want an email address: %w", err)
+	}
+	*dst = v
+	return nil
 }
 
 func checkAddr(v string) error {

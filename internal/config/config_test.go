@@ -74,6 +74,10 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"TALLY_INVOICE_NOTICES", "1,1"},
 		{"TALLY_TOPIC_REPLICATION", "0"},
 		{"TALLY_SHUTDOWN_TIMEOUT", "1ms"},
+		{"TALLY_SMTP_ADDR", "smtp.example.com"},
+		{"TALLY_SMTP_FROM", "billing"},
+		{"TALLY_SMTP_TLS", "ssl"},
+		{"TALLY_MAIL_OPERATOR", "ops at example"},
 		{"TALLY_DATA_DIR", ""},
 	} {
 		if tc.value == "" {

@@ -17,6 +17,9 @@ type metrics struct {
 	// and the disabled ones, counted every ten polls.
 	openCircuits prometheus.Gauge
 	disabled     prometheus.Gauge
+	// disabledTotal counts the endpoints the sender disabled, by cause:
+	// gone (a 410) or failing (for days).
+	disabledTotal *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -31,11 +34,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Enabled webhook endpoints whose circuit breaker is open: none of their deliveries is tried until the cool-down ends."}),
 		disabled: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tally_webhook_disabled_endpoints",
 			Help: "Disabled webhook endpoints: by request, after a 410 Gone, or after failing for days."}),
+		disabledTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tally_webhook_endpoints_disabled_total",
+			Help: "Webhook endpoints the sender disabled, by cause (gone: answered 410; failing: every attempt failed for days)."},
+			[]string{"cause"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.deliveries, m.latency, m.openCircuits, m.disabled} {
+	for _, c := range []prometheus.Collector{m.deliveries, m.latency, m.openCircuits, m.disabled, m.disabledTotal} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering the webhook metrics: %w", err)
 		}

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -19,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tally-dev/tally/internal/dispatch"
 )
 
 // DefaultSchedule is the delays between the attempts of a delivery, the
@@ -88,6 +89,7 @@ type Sender struct {
 	disableAfter    time.Duration
 	poll            time.Duration
 	guard           *Guard
+	onDisable       func(context.Context, pgx.Tx, Disabled) error
 	reg             prometheus.Registerer
 	m               *metrics
 }
@@ -143,6 +145,26 @@ func WithPollInterval(d time.Duration) SenderOpt { return func(s *Sender) { s.po
 // WithGuard connects through g; the default guard allows no internal
 // address.
 func WithGuard(g *Guard) SenderOpt { return func(s *Sender) { s.guard = g } }
+
+// Disabled is an endpoint the sender disabled.
+type Disabled struct {
+	ID  string
+	URL string
+	// Cause is "gone" (a 410) or "failing" (every attempt failed for
+	// DisableAfter); Reason says it in words, as the endpoint records it.
+	Cause  string
+	Reason string
+	At     time.Time
+}
+
+// WithOnDisable calls fn in the transaction that disables an endpoint
+// (after a 410 Gone, or after failing for DisableAfter), so that a notice
+// of it is written with it, or not at all; fn's error rolls the attempt's
+// record back, to be tried again. Default: none, beyond the log, the
+// endpoint's disabled_reason and tally_webhook_endpoints_disabled_total.
+func WithOnDisable(fn func(ctx context.Context, tx pgx.Tx, d Disabled) error) SenderOpt {
+	return func(s *Sender) { s.onDisable = fn }
+}
 
 // WithLogger logs to l; default slog.Default().
 func WithLogger(l *slog.Logger) SenderOpt { return func(s *Sender) { s.log = l } }
@@ -264,47 +286,8 @@ func (s *Sender) claim(ctx context.Context, n int) ([]claimed, error) {
 // abandoned, their deliveries released to be tried again. It returns nil
 // when ctx ends.
 func (s *Sender) Run(ctx context.Context) error {
-	slots := make(chan struct{}, s.concurrency)
-	done := make(chan struct{}, 1)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	var gauged time.Time
-	for {
-		if time.Since(gauged) >= 10*s.poll {
-			s.gauge(ctx)
-			gauged = time.Now()
-		}
-		free := s.concurrency - len(slots)
-		var cs []claimed
-		if free > 0 {
-			var err error
-			if cs, err = s.claim(ctx, free); err != nil && ctx.Err() == nil {
-				s.log.Warn("webhooks: claiming deliveries", "err", err)
-			}
-		}
-		for _, c := range cs {
-			slots <- struct{}{}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				s.attempt(ctx, c)
-				<-slots
-				select {
-				case done <- struct{}{}:
-				default:
-				}
-			}()
-		}
-		if free > 0 && len(cs) == free {
-			continue // there may be more due
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-done:
-		case <-time.After(s.poll):
-		}
-	}
+	return dispatch.Loop[claimed]{Concurrency: s.concurrency, Poll: s.poll, Claim: s.claim, Work: s.attempt, Every: s.gauge,
+		OnError: func(err error) { s.log.Warn("webhooks: claiming deliveries", "err", err) }}.Run(ctx)
 }
 
 // outcome is what an attempt's answer means (see Sender).
@@ -455,6 +438,20 @@ func (s *Sender) record(ctx context.Context, c claimed, r result, o outcome) err
 		errText = &e
 	}
 	now := s.now()
+	var disabled *Disabled
+	disable := func(cause string) func(pgx.Row) error {
+		return func(row pgx.Row) error {
+			d := Disabled{Cause: cause}
+			switch err := row.Scan(&d.ID, &d.URL, &d.Reason, &d.At); {
+			case errors.Is(err, pgx.ErrNoRows):
+				return nil // enabled still, or disabled already
+			case err != nil:
+				return err
+			}
+			disabled = &d
+			return nil
+		}
+	}
 	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code, duration_ms, response, error)
 		SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE id = $1)`,
@@ -470,7 +467,8 @@ func (s *Sender) record(ctx context.Context, c claimed, r result, o outcome) err
 		b.Queue(done, c.id, StateFailed, now, "the endpoint answered 410 Gone and was disabled")
 		b.Queue(`UPDATE webhook_endpoints SET enabled = false, disabled_at = $2, updated_at = $2,
 			disabled_reason = 'the endpoint answered 410 Gone to delivery ' || $3::bigint
-			WHERE id = $1 AND enabled`, c.endpoint, now, c.id)
+			WHERE id = $1 AND enabled
+			RETURNING id, url, disabled_reason, disabled_at`, c.endpoint, now, c.id).QueryRow(disable("gone"))
 	case outcomeThrottled:
 		wait := r.wait
 		if wait == 0 {
@@ -495,10 +493,24 @@ func (s *Sender) record(ctx context.Context, c claimed, r result, o outcome) err
 			WHERE id = $1`, c.endpoint, now, s.breakerFailures, now.Add(s.breakerCooldown))
 		b.Queue(`UPDATE webhook_endpoints SET enabled = false, disabled_at = $2, updated_at = $2,
 				disabled_reason = 'every attempt failed for ' || $3::text || ' since ' || failing_since || '; last: ' || $4::text
-			WHERE id = $1 AND enabled AND failing_since <= $5`,
-			c.endpoint, now, s.disableAfter.String(), *errText, now.Add(-s.disableAfter))
+			WHERE id = $1 AND enabled AND failing_since <= $5
+			RETURNING id, url, disabled_reason, disabled_at`,
+			c.endpoint, now, s.disableAfter.String(), *errText, now.Add(-s.disableAfter)).QueryRow(disable("failing"))
 	}
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return tx.SendBatch(ctx, b).Close() })
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		if disabled == nil || s.onDisable == nil {
+			return nil
+		}
+		return s.onDisable(ctx, tx, *disabled)
+	})
+	if err == nil && disabled != nil {
+		s.m.disabledTotal.WithLabelValues(disabled.Cause).Inc()
+		s.log.Warn("webhooks: an endpoint was disabled", "endpoint", disabled.ID, "url", disabled.URL, "reason", disabled.Reason)
+	}
+	return err
 }
 
 // delay returns the jittered delay after the attempt-th attempt.

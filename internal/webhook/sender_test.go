@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -157,18 +158,23 @@ func (f *fixture) settled(id int64) bool { return f.delivery(id).Status != webho
 
 // counter returns the value of tally_webhook_deliveries_total{outcome}.
 func (f *fixture) counter(outcome string) float64 {
+	return f.sum("tally_webhook_deliveries_total", "outcome", outcome)
+}
+
+// sum adds up the series of the counter name whose label is value.
+func (f *fixture) sum(name, label, value string) float64 {
 	mfs, err := f.reg.Gather()
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	total := 0.0
 	for _, mf := range mfs {
-		if mf.GetName() != "tally_webhook_deliveries_total" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "outcome" && l.GetValue() == outcome {
+				if l.GetName() == label && l.GetValue() == value {
 					total += m.GetCounter().GetValue()
 				}
 			}
@@ -332,12 +338,14 @@ func TestSenderGoneDisables(t *testing.T) {
 	rc := newReceiver(t, status(http.StatusGone))
 	e := f.endpoint(rc.URL)
 	first := f.deliver(e.ID)
-	f.run(webhook.WithConcurrency(4, 1))
+	notices := f.notices()
+	f.run(webhook.WithConcurrency(4, 1), webhook.WithOnDisable(notices.record))
 	f.eventually("the delivery", func() bool { return f.settled(first) })
 	ep := f.endpointNow(e.ID)
 	if ep.Enabled || ep.DisabledReason == nil || !strings.Contains(*ep.DisabledReason, "410 Gone") || ep.DisabledAt == nil {
 		t.Fatalf("after a 410 the endpoint is %+v", ep)
 	}
+	notices.check(ep, "gone")
 	if d := f.delivery(first); d.Status != webhook.StateFailed || len(d.AttemptLog) != 1 {
 		t.Errorf("the delivery answered 410: %+v", d)
 	}
@@ -445,15 +453,65 @@ func TestFailingForDaysDisables(t *testing.T) {
 	e := f.endpoint(rc.URL)
 	id := f.deliver(e.ID)
 	// Days are milliseconds here.
-	f.run(webhook.WithDisableAfter(100*time.Millisecond), webhook.WithSchedule(slices(40, 20*time.Millisecond)...))
+	notices := f.notices()
+	f.run(webhook.WithDisableAfter(100*time.Millisecond), webhook.WithSchedule(slices(40, 20*time.Millisecond)...),
+		webhook.WithOnDisable(notices.record))
 	f.eventually("the endpoint to be disabled", func() bool { return !f.endpointNow(e.ID).Enabled })
 	ep := f.endpointNow(e.ID)
 	if ep.DisabledReason == nil || !strings.Contains(*ep.DisabledReason, "every attempt failed for 100ms") ||
 		!strings.Contains(*ep.DisabledReason, "500") {
 		t.Errorf("disabled for %v", ep.DisabledReason)
 	}
+	notices.check(ep, "failing")
 	if d := f.delivery(id); d.Status != webhook.StatePending || len(d.AttemptLog) < 3 {
 		t.Errorf("the delivery: %+v", d)
+	}
+}
+
+// disableNotices records what the sender's OnDisable hook is called with,
+// writing a row in the hook's transaction as a notice would.
+type disableNotices struct {
+	f  *fixture
+	mu sync.Mutex
+	ds []webhook.Disabled
+}
+
+func (f *fixture) notices() *disableNotices {
+	if _, err := f.pool.Exec(context.Background(), `CREATE TABLE disable_notices (endpoint_id text)`); err != nil {
+		f.t.Fatal(err)
+	}
+	return &disableNotices{f: f}
+}
+
+func (n *disableNotices) record(ctx context.Context, tx pgx.Tx, d webhook.Disabled) error {
+	if _, err := tx.Exec(ctx, `INSERT INTO disable_notices VALUES ($1)`, d.ID); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.ds = append(n.ds, d)
+	return nil
+}
+
+// check verifies that the hook was called once, for ep, for cause, and
+// that its write committed with the disabling.
+func (n *disableNotices) check(ep webhook.Endpoint, cause string) {
+	n.f.t.Helper()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.ds) != 1 {
+		n.f.t.Fatalf("the disable hook was called %d times, want once", len(n.ds))
+	}
+	d := n.ds[0]
+	if d.ID != ep.ID || d.URL != ep.URL || d.Cause != cause || d.Reason != *ep.DisabledReason || !d.At.Equal(*ep.DisabledAt) {
+		n.f.t.Errorf("the disable hook got %+v; the endpoint is %+v", d, ep)
+	}
+	var rows int
+	if err := n.f.pool.QueryRow(context.Background(), `SELECT count(*) FROM disable_notices WHERE endpoint_id = $1`, ep.ID).Scan(&rows); err != nil || rows != 1 {
+		n.f.t.Errorf("the hook's write: %d rows (%v), want 1", rows, err)
+	}
+	if got := n.f.sum("tally_webhook_endpoints_disabled_total", "cause", cause); got != 1 {
+		n.f.t.Errorf("tally_webhook_endpoints_disabled_total{cause=%s} is %v, want 1", cause, got)
 	}
 }
 
