@@ -119,8 +119,11 @@ func (a *API) routes() map[string]http.HandlerFunc {
 		"POST /v1/webhooks/endpoints/{id}/redeliver":  a.redeliverRange,
 		"GET /v1/webhooks/deliveries/{id}":            a.getDelivery,
 		"POST /v1/webhooks/deliveries/{id}/redeliver": a.redeliver,
-		"GET /v1/dlq":      a.listParked,
-		"GET /v1/dlq/{id}": a.showParked,
+		"GET /v1/mail/messages":                       a.listMail,
+		"GET /v1/mail/messages/{id}":                  a.getMail,
+		"POST /v1/mail/messages/{id}/resend":          a.resendMail,
+		"GET /v1/dlq":                                 a.listParked,
+		"GET /v1/dlq/{id}":                            a.showParked,
 		"POST /v1/dlq/replay": a.actOnParked("replayed", true, func(ctx context.Context, f consumer.Filter, edited []byte, act consumer.Action) (int, error) {
 			return consumer.Replay(ctx, a.pool, f, edited, act)
 		}),

@@ -54,6 +54,9 @@ const (
 	rRangeRedeliver = "/v1/webhooks/endpoints/{id}/redeliver"
 	rDelivery       = "/v1/webhooks/deliveries/{id}"
 	rRedeliver      = "/v1/webhooks/deliveries/{id}/redeliver"
+	rMail           = "/v1/mail/messages"
+	rMailMessage    = "/v1/mail/messages/{id}"
+	rMailResend     = "/v1/mail/messages/{id}/resend"
 )
 
 type obj = map[string]any
@@ -578,6 +581,9 @@ func everyOperation() []request {
 		{"POST", rRangeRedeliver, "/v1/webhooks/endpoints/we_1/redeliver", obj{"since": "2025-03-01T00:00:00Z"}},
 		{"GET", rDelivery, "/v1/webhooks/deliveries/1", nil},
 		{"POST", rRedeliver, "/v1/webhooks/deliveries/1/redeliver", nil},
+		{"GET", rMail, rMail, nil},
+		{"GET", rMailMessage, "/v1/mail/messages/1", nil},
+		{"POST", rMailResend, "/v1/mail/messages/1/resend", nil},
 	}
 }
 
@@ -627,6 +633,7 @@ func TestOpenAPIDescribesEveryResponse(t *testing.T) {
 		t.Run("kpis", testKPIs)
 		t.Run("dead-letter queue", testDLQ)
 		t.Run("webhooks", testWebhooks)
+		t.Run("mail", testMail)
 		t.Run("idempotency", testIdempotency)
 		t.Run("unreadable requests", testUnreadable)
 		t.Run("body limit", testBodyLimit)
@@ -1341,7 +1348,8 @@ func testBroken(t *testing.T) {
 		 ALTER TABLE sales RENAME TO sales_gone; ALTER TABLE expenses RENAME TO expenses_gone;
 		 ALTER TABLE imports RENAME TO imports_gone; ALTER TABLE kpi_sales RENAME TO kpi_sales_gone;
 		 ALTER TABLE kpi_values RENAME TO kpi_values_gone; ALTER TABLE webhook_endpoints RENAME TO webhook_endpoints_gone;
-		 ALTER TABLE webhook_deliveries RENAME TO webhook_deliveries_gone; ALTER TABLE webhook_attempts RENAME TO webhook_attempts_gone`); err != nil {
+		 ALTER TABLE webhook_deliveries RENAME TO webhook_deliveries_gone; ALTER TABLE webhook_attempts RENAME TO webhook_attempts_gone;
+		 ALTER TABLE mail_messages RENAME TO mail_messages_gone`); err != nil {
 		t.Fatal(err)
 	}
 	s := serve(t, pool, defaultConfig)

@@ -58,6 +58,9 @@ func problemOf(err error) (p Problem, ok bool) {
 	if p, ok := webhookProblem(err); ok {
 		return p, true
 	}
+	if p, ok := mailProblem(err); ok {
+		return p, true
+	}
 	var ve *billing.ValidationError
 	switch {
 	case errors.As(err, &ve):

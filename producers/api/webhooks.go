@@ -202,11 +202,12 @@ func (a *API) listDeliveries(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, page)
 }
 
-// deliveryID reads the path's delivery id, answering 422 itself.
-func deliveryID(w http.ResponseWriter, r *http.Request) (int64, bool) {
+// pathID reads the path's id, a positive integer (what says of what),
+// answering 422 itself.
+func pathID(w http.ResponseWriter, r *http.Request, what string) (int64, bool) {
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id < 1 {
-		fieldErrors{{Field: "id", Message: "must be a positive integer (a delivery id)"}}.answer(w, r)
+		fieldErrors{{Field: "id", Message: "must be a positive integer (" + what + ")"}}.answer(w, r)
 		return 0, false
 	}
 	return id, true
@@ -214,7 +215,7 @@ func deliveryID(w http.ResponseWriter, r *http.Request) (int64, bool) {
 
 // getDelivery serves GET /v1/webhooks/deliveries/{id}.
 func (a *API) getDelivery(w http.ResponseWriter, r *http.Request) {
-	id, ok := deliveryID(w, r)
+	id, ok := pathID(w, r, "a delivery id")
 	if !ok {
 		return
 	}
@@ -229,7 +230,7 @@ func (a *API) getDelivery(w http.ResponseWriter, r *http.Request) {
 // redeliver serves POST /v1/webhooks/deliveries/{id}/redeliver; it reads
 // no body.
 func (a *API) redeliver(w http.ResponseWriter, r *http.Request) {
-	id, ok := deliveryID(w, r)
+	id, ok := pathID(w, r, "a delivery id")
 	if !ok {
 		return
 	}
