@@ -3,7 +3,9 @@
 // Kubernetes manifests) consistent with the code:
 //
 //   - every metric (and label) the rules, their unit tests and the dashboard
-//     read is one the code registers, found by building the real collectors;
+//     read is one the code registers, found by building the real collectors,
+//     and the gauges read from PostgreSQL (the same figure from every
+//     process) are combined with max or min, never summed;
 //   - every environment variable given to a tally container is a setting of
 //     internal/config;
 //   - every command a container runs is a tally subcommand, and every
@@ -52,7 +54,9 @@ import (
 	"github.com/tally-dev/tally/internal/cli"
 	"github.com/tally-dev/tally/internal/config"
 	"github.com/tally-dev/tally/internal/consumer"
+	"github.com/tally-dev/tally/internal/mail"
 	"github.com/tally-dev/tally/internal/observe"
+	"github.com/tally-dev/tally/internal/webhook"
 	"github.com/tally-dev/tally/producers/billing"
 	"github.com/tally-dev/tally/producers/relay"
 	"github.com/tally-dev/tally/producers/scheduler"
@@ -183,9 +187,10 @@ const kafkaNamespace = "tally_kafka"
 
 // exportedMetrics builds the collectors a tally process registers (the
 // registry of observe, the HTTP metrics, the relay's metrics, a consumer
-// group member's metrics and franz-go's kprom metrics, wired as internal/cli
-// wires them) and returns what they describe. No database or broker is
-// contacted.
+// group member's metrics, the webhook and mail senders of the notify
+// group's members and franz-go's kprom metrics, wired as internal/cli wires
+// them) and returns what they describe. No database, broker or SMTP server
+// is contacted.
 func exportedMetrics(t *testing.T) metricSet {
 	t.Helper()
 	reg := observe.NewRegistry()
@@ -261,11 +266,36 @@ func exportedMetrics(t *testing.T) metricSet {
 	}
 	closeMember(t, member)
 
+	// The senders every member of the notify group runs (internal/cli
+	// startSenders): a webhook sender and, with TALLY_SMTP_ADDR, a mail
+	// sender. Neither connects to anything before it runs.
+	for _, s := range []string{"webhook.WithRegisterer(", "mail.WithRegisterer("} {
+		if !strings.Contains(cliSrc, s) {
+			t.Errorf("internal/cli no longer passes %s...) to its sender: the rules and the dashboard's Notifications row read its metrics", s)
+		}
+	}
+	if _, err := webhook.NewSender(pool, webhook.WithRegisterer(rec)); err != nil {
+		t.Fatal(err)
+	}
+	smtp, err := mail.NewSMTP("127.0.0.1:1", "Tally <t@example.com>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	templates, err := mail.LoadTemplates("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mail.NewSender(pool, smtp, templates, mail.WithRegisterer(rec)); err != nil {
+		t.Fatal(err)
+	}
+
 	// Prometheus' own per-target series.
 	rec.metrics["up"] = map[string]bool{}
 
 	for _, want := range []string{"tally_build_info", "tally_http_requests_total", "tally_relay_owned_shards", "tally_scheduler_runs_total",
-		"tally_consumer_records_total", kafkaNamespace + "_produce_bytes_total", kafkaNamespace + "_fetch_bytes_total"} {
+		"tally_consumer_records_total", "tally_webhook_deliveries_total", "tally_webhook_endpoints_disabled_total",
+		"tally_webhook_open_circuits", "tally_mail_messages_total", "tally_mail_pending_messages",
+		kafkaNamespace + "_produce_bytes_total", kafkaNamespace + "_fetch_bytes_total"} {
 		if _, ok := rec.metrics[want]; !ok {
 			t.Fatalf("collecting metric names found no %s (found %d names): the test's collector wiring is out of date", want, len(rec.metrics))
 		}
@@ -277,6 +307,9 @@ func exportedMetrics(t *testing.T) metricSet {
 		"tally_consumer_parked_records":                  {"group", "state"},
 		"tally_consumer_parked_keys":                     {"group"},
 		"tally_consumer_oldest_parked_timestamp_seconds": {"group"},
+		"tally_webhook_deliveries_total":                 {"endpoint", "outcome"},
+		"tally_webhook_endpoints_disabled_total":         {"cause"},
+		"tally_mail_messages_total":                      {"kind", "outcome"},
 		kafkaNamespace + "_connects_total":               {"client_id"},
 	} {
 		for _, l := range labels {
@@ -497,11 +530,40 @@ var (
 	rangeRE     = regexp.MustCompile(`\[([^\]]*)\]`)
 )
 
+// sharedGauges are read from PostgreSQL at scrape time, so every process
+// that exports them (each relay, each member of the notify group) reports
+// the same figure: summing them counts it once per process.
+var sharedGauges = []string{
+	"tally_outbox_pending_events",
+	"tally_outbox_oldest_pending_created_timestamp_seconds",
+	"tally_webhook_open_circuits",
+	"tally_webhook_disabled_endpoints",
+	"tally_mail_pending_messages",
+}
+
+// sharedGaugeUseRE is what must come right before a shared gauge: max or
+// min (by ... allowed), directly or around a range function of the gauge.
+var sharedGaugeUseRE = regexp.MustCompile(`\b(?:max|min)\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(\s*(?:(?:max_over_time|min_over_time|deriv)\s*\(\s*)?$`)
+
+// checkSharedGauges reports the uses of a shared gauge that are not
+// combined with max or min.
+func checkSharedGauges(expr string) []string {
+	var problems []string
+	for _, g := range sharedGauges {
+		for _, loc := range regexp.MustCompile(`\b`+g+`\b`).FindAllStringIndex(expr, -1) {
+			if !sharedGaugeUseRE.MatchString(expr[:loc[0]]) {
+				problems = append(problems, g+" is read from PostgreSQL, the same figure from every process: combine it with max() or min(), never sum() or per instance")
+			}
+		}
+	}
+	return problems
+}
+
 // checkPromQL reports metrics and labels of expr the code does not export.
 // Selectors name their labels; grouping clauses (by, on, ...) may use any
 // label of the metrics the expression reads.
 func checkPromQL(expr string, ms metricSet) []string {
-	problems := checkSeries(expr, ms)
+	problems := append(checkSeries(expr, ms), checkSharedGauges(expr)...)
 	// "0 when none is pending": an age must drop the zeros first.
 	const oldest = "tally_outbox_oldest_pending_created_timestamp_seconds"
 	if strings.Contains(expr, oldest) && !strings.Contains(expr, oldest+" > 0") {
@@ -556,6 +618,22 @@ func checkSeries(expr string, ms metricSet) []string {
 	return problems
 }
 
+func TestCheckSharedGauges(t *testing.T) {
+	for expr, bad := range map[string]bool{
+		"max(tally_mail_pending_messages) > 100":                                              false,
+		"min(deriv(tally_mail_pending_messages[30m])) >= 0":                                   false,
+		"max(max_over_time(tally_webhook_open_circuits[5m])) > 0":                             false,
+		"(time() - min(tally_outbox_oldest_pending_created_timestamp_seconds > 0))":           false,
+		"sum(tally_mail_pending_messages)":                                                    true,
+		"tally_webhook_disabled_endpoints > 0":                                                true,
+		"max(tally_outbox_pending_events) > 0 and on () sum(tally_outbox_pending_events) > 0": true,
+	} {
+		if got := len(checkSharedGauges(expr)) > 0; got != bad {
+			t.Errorf("checkSharedGauges(%q) reports a problem: %v, want %v", expr, got, bad)
+		}
+	}
+}
+
 // ---------------------------------------------------------------------------
 // Prometheus rules.
 
@@ -565,6 +643,7 @@ var requiredAlerts = []string{
 	"ConsumerLagHigh", "ConsumerNotProgressing", "ConsumerDeadLetters", "ConsumerDeadLettersGrowing",
 	"ConsumerRetryRateHigh", "ConsumerParkedRecordsOld", "ConsumerParkedKeysHigh", "ConsumerRetryingBatches",
 	"ConsumerEndToEndLatencyHigh", "ConsumerStale", "ConsumerGroupNoMembers",
+	"WebhookEndpointDisabled", "WebhookCircuitsOpen", "WebhookDeliveriesFailing", "MailFailing", "MailBacklog",
 }
 
 // instanceGroupingRE finds an aggregation or a match that keeps or joins on
@@ -817,6 +896,13 @@ func TestDashboard(t *testing.T) {
 		"tally_consumer_parked_records",
 		"tally_consumer_parked_keys",
 		"tally_consumer_oldest_parked_timestamp_seconds",
+		"tally_webhook_deliveries_total",
+		"tally_webhook_delivery_duration_seconds_bucket",
+		"tally_webhook_open_circuits",
+		"tally_webhook_disabled_endpoints",
+		"tally_mail_messages_total",
+		"tally_mail_send_duration_seconds_bucket",
+		"tally_mail_pending_messages",
 		kafkaNamespace + "_produce_bytes_total",
 		kafkaNamespace + "_fetch_bytes_total",
 	} {
@@ -932,16 +1018,22 @@ func isTally(svc *yNode) bool {
 	return svc.get("build").get("dockerfile").str() == "deploy/Dockerfile"
 }
 
-// envOf returns a compose service's environment, in map or list form.
+// composeVarRE is a variable compose interpolates from the shell or .env:
+// ${NAME}, ${NAME:-default} or ${NAME-default}.
+var composeVarRE = regexp.MustCompile(`\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}`)
+
+// envOf returns a compose service's environment, in map or list form, as
+// the containers get it when the shell and .env set nothing (every
+// interpolated variable replaced by its default).
 func envOf(svc *yNode) map[string]string {
 	env := map[string]string{}
 	e := svc.get("environment")
 	for _, k := range e.mapKeys() {
-		env[k] = e.get(k).str()
+		env[k] = composeVarRE.ReplaceAllString(e.get(k).str(), "$1")
 	}
 	for _, it := range e.items() {
 		k, v, _ := strings.Cut(it.str(), "=")
-		env[k] = v
+		env[k] = composeVarRE.ReplaceAllString(v, "$1")
 	}
 	return env
 }
@@ -991,6 +1083,10 @@ func TestCompose(t *testing.T) {
 			if !known[k] && !runtimeEnv[k] {
 				t.Errorf("%s: environment variable %s is not a tally setting (internal/config)", name, k)
 			}
+		}
+		// A credential comes from the shell or .env, never the file.
+		if v := svc.get("environment").get("TALLY_SMTP_PASSWORD").str(); v != "" && !regexp.MustCompile(`^\$\{TALLY_SMTP_PASSWORD:?-?\}$`).MatchString(v) {
+			t.Errorf("%s: TALLY_SMTP_PASSWORD=%q: write \"${TALLY_SMTP_PASSWORD:-}\", so the password comes from the shell or .env", name, v)
 		}
 		if args, err := flowStrings(svc.get("command").str()); err == nil && len(args) > 0 {
 			if err := envAccepted(args[0], env); err != nil {
@@ -1229,6 +1325,9 @@ func TestKubernetes(t *testing.T) {
 			if k == "DATABASE_URL" {
 				t.Errorf("%s:%d: DATABASE_URL belongs in the Secret tally-database, not a ConfigMap", f, i+1)
 			}
+			if k == "TALLY_SMTP_PASSWORD" {
+				t.Errorf("%s:%d: TALLY_SMTP_PASSWORD belongs in the Secret tally-smtp, not a ConfigMap", f, i+1)
+			}
 			env[k] = v
 		}
 		return env
@@ -1342,6 +1441,12 @@ func TestKubernetes(t *testing.T) {
 						ref := e.get("valueFrom").get("secretKeyRef")
 						if e.get("value") != nil || ref.get("name").str() != "tally-database" || ref.get("key").str() == "" {
 							t.Errorf("%s: DATABASE_URL must come from secretKeyRef to the Secret tally-database", cw)
+						}
+					}
+					if n == "TALLY_SMTP_PASSWORD" {
+						ref := e.get("valueFrom").get("secretKeyRef")
+						if e.get("value") != nil || ref.get("name").str() != "tally-smtp" || ref.get("key").str() == "" {
+							t.Errorf("%s: TALLY_SMTP_PASSWORD must come from secretKeyRef to the Secret tally-smtp", cw)
 						}
 					}
 				}
