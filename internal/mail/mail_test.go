@@ -274,7 +274,7 @@ func TestCustomerAddressIsTheContactsAtSendingTime(t *testing.T) {
 	sender(t, pool, srv.Addr, nil, 20*time.Millisecond, 20*time.Millisecond, 20*time.Millisecond, 20*time.Millisecond,
 		time.Second, time.Second, time.Second, time.Second)
 	_, last := state(t, pool, "receipt:p1", mail.StatePending)
-	for last == "" {
+	for deadline := time.Now().Add(20 * time.Second); last == "" && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 		_, last = state(t, pool, "receipt:p1", mail.StatePending)
 	}
