@@ -570,3 +570,37 @@ func TestRedeliver(t *testing.T) {
 		t.Error("redelivered an unknown delivery")
 	}
 }
+
+func TestSenderTimeoutIsAFailedAttempt(t *testing.T) {
+	f := newFixture(t)
+	// The first request gets no answer until the sender gives up on it.
+	rc := newReceiver(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		if n == 1 {
+			<-r.Context().Done()
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	e := f.endpoint(rc.URL)
+	id := f.deliver(e.ID)
+	f.run(webhook.WithTimeout(300 * time.Millisecond))
+	f.eventually("the delivery", func() bool { return f.settled(id) })
+	d := f.delivery(id)
+	if d.Status != webhook.StateSucceeded || len(d.AttemptLog) != 2 {
+		t.Fatalf("the delivery: %+v", d)
+	}
+	first := d.AttemptLog[0]
+	if first.StatusCode != nil || first.Error == nil || !strings.Contains(*first.Error, "Timeout") || first.DurationMS < 300 {
+		t.Errorf("the attempt that timed out was logged as %+v (error %v)", first, deref(first.Error))
+	}
+	if f.counter("failed") != 1 || f.counter("succeeded") != 1 {
+		t.Errorf("attempts counted: %v failed, %v succeeded; want 1 and 1", f.counter("failed"), f.counter("succeeded"))
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "<nil>"
+	}
+	return *s
+}
