@@ -134,6 +134,9 @@ func TestEmailFollowsEvents(t *testing.T) {
 		"days_past_due": -3, "sent_on": "2025-03-28", "skipped_steps": []int{}}))
 	first := []*kgo.Record{
 		customer(1, "tally.customer.created.v1", "Ada", "ada@example.com"),
+		// A customer a CSV import made: no welcome.
+		eventAt(t, "tally.customer.created.v1", "c2", 1, obj{"id": "c2", "name": "Bob", "email": "bob@example.com",
+			"external_id": "crm-42", "created_at": stamp, "updated_at": stamp}),
 		customer(2, "tally.customer.updated.v1", "Ada Lovelace", "ada@lovelace.example"),
 		payment("p1", 400, 400),
 		payment("p2", 600, 1000),

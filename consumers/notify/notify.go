@@ -8,7 +8,10 @@
 // gets none of it.
 //
 // Email (with WithMail): it queues, in the same transaction, the messages
-// of internal/mail: a welcome on a customer's creation, a receipt on each
+// of internal/mail: a welcome on a customer's creation through the API
+// (not through a CSV import, whose customers carry an external_id:
+// importing another system's customers must not greet them all), a
+// receipt on each
 // payment (worded for a partial payment or for one that settles the
 // invoice), a reminder on each tally.invoice.reminder_sent.v1 and an
 // overdue notice on each tally.invoice.overdue.v1, which the scheduler
@@ -75,7 +78,7 @@ func Group(opts ...Option) *consumer.Group {
 	}
 	handle("tally.customer.created.v1", func(_ context.Context, tx consumer.Tx, e consumer.Event[payload]) error {
 		mail.SaveContact(tx, e.Payload.ID, e.Payload.Name, e.Payload.Email, e.Sequence)
-		if !o.mail {
+		if !o.mail || e.Payload.ExternalID != "" {
 			return nil
 		}
 		return mail.Queue(tx, mail.Message{Key: "welcome:" + e.Payload.ID, Kind: mail.KindWelcome, EventID: e.ID,
@@ -150,6 +153,7 @@ type payload struct {
 	ID         string `json:"id"`
 	Name       string `json:"name"`
 	Email      string `json:"email"`
+	ExternalID string `json:"external_id"`
 	InvoiceID  string `json:"invoice_id"`
 	CustomerID string `json:"customer_id"`
 	PaymentID  string `json:"payment_id"`
