@@ -604,3 +604,49 @@ func deref(s *string) string {
 	}
 	return *s
 }
+
+// BenchmarkSend measures signed deliveries to eight loopback endpoints
+// answering 204: claim, sign, POST, record, at the default concurrency.
+func BenchmarkSend(b *testing.B) {
+	pool, _ := testenv.Pool(b)
+	ctx := context.Background()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	defer srv.Close()
+	for i := range 8 {
+		if _, err := webhook.CreateEndpoint(ctx, pool, webhook.NewEndpoint{URL: srv.URL + "/" + strconv.Itoa(i), EventTypes: []string{"*"}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, event_time, payload)
+		SELECT e.id, gen_random_uuid(), 'tally.customer.created.v1', now(), '{"id": "c1", "name": "Ada"}'
+		FROM generate_series(1, $1) i, LATERAL (SELECT id FROM webhook_endpoints ORDER BY id OFFSET i % 8 LIMIT 1) e`, b.N); err != nil {
+		b.Fatal(err)
+	}
+	g, err := webhook.NewGuard(webhook.WithAllow("127.0.0.1"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := webhook.NewSender(pool, webhook.WithGuard(g), webhook.WithPollInterval(5*time.Millisecond),
+		webhook.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(sctx) }()
+	for {
+		var left int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM webhook_deliveries WHERE status <> 'succeeded'`).Scan(&left); err != nil {
+			b.Fatal(err)
+		}
+		if left == 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	b.StopTimer()
+	cancel()
+	<-done
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
+}
