@@ -1,7 +1,7 @@
 // Package dispatch runs the work a process claims from PostgreSQL (webhook
 // deliveries, email messages) with bounded concurrency: it claims as much
-// as it has room for, runs each piece in a goroutine of its own, and polls
-// again when a piece ends or, idle, every poll interval.
+// as it has room for, runs each piece in a goroutine of its own, and claims
+// again when a quarter of its slots are free or, idle, every poll interval.
 package dispatch
 
 import (
@@ -44,7 +44,10 @@ func (l Loop[T]) Run(ctx context.Context) error {
 		}
 		free := l.Concurrency - len(slots)
 		var ps []T
-		if free > 0 {
+		// A claim costs a query however little it takes: with pieces in
+		// flight, claim once a quarter of the slots are free, not one by
+		// one as each piece ends.
+		if free > 0 && (free == l.Concurrency || free >= max(1, l.Concurrency/4)) {
 			var err error
 			if ps, err = l.Claim(ctx, free); err != nil && ctx.Err() == nil {
 				l.OnError(err)
