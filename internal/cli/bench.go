@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/tally-dev/tally/internal/config"
@@ -20,6 +22,7 @@ var bench struct {
 	clients  int
 	only     string
 	rows     int
+	profile  string
 }
 
 func benchFlags(fs *flag.FlagSet) {
@@ -31,6 +34,7 @@ func benchFlags(fs *flag.FlagSet) {
 	fs.IntVar(&bench.clients, "clients", 16, "concurrent HTTP clients of the API benchmark")
 	fs.StringVar(&bench.only, "only", "", "run one benchmark: drain, latency, api, consume (the revenue group), kpi, rebuild, projection or import")
 	fs.IntVar(&bench.rows, "rows", 1_000_000, "rows of the sales CSV file the import benchmark uploads")
+	fs.StringVar(&bench.profile, "cpuprofile", "", "write a CPU profile of this process (API, relay, consumers; not PostgreSQL) over every run to this file")
 }
 
 // runBench measures the speed targets of the outbox, the relay and the API.
@@ -49,6 +53,17 @@ func runBench(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) e
 	case "", "drain", "latency", "api", "consume", "rebuild", "projection", "import", "kpi":
 	default:
 		return usageError{fmt.Errorf("-only %q: want drain, latency, api, consume, kpi, rebuild, projection or import", bench.only)}
+	}
+	if bench.profile != "" {
+		f, err := os.Create(bench.profile)
+		if err != nil {
+			return fmt.Errorf("creating the CPU profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("starting the CPU profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	emit := func(f loadgen.Figure) { fmt.Fprintln(e.Stdout, f) }
 	if bench.only == "" || bench.only == "latency" {
