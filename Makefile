@@ -34,6 +34,7 @@ fuzz:
 	$(GO) test ./producers/importer -run '^$$' -fuzz FuzzDecodeRow -fuzztime $(FUZZTIME)
 	$(GO) test ./producers/importer -run '^$$' -fuzz FuzzParseAmount -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/mail -run '^$$' -fuzz FuzzCompose -fuzztime $(FUZZTIME)
+	$(GO) test ./topics -run '^$$' -fuzz FuzzFastCheckAgrees -fuzztime $(FUZZTIME)
 
 ## bench: the speed targets; prints `BENCH <name> <value> <unit>` lines (median of BENCHCOUNT runs)
 bench:

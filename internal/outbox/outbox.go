@@ -143,34 +143,6 @@ func QueueChecked(b *pgx.Batch, evs ...envelope.Event) {
 	}
 }
 
-// QueueBulk is Queue for the many events of a bulk write (a CSV import's
-// created events), made by one code path from records it validated: it
-// checks every event as Check does, but its payload against the JSON Schema
-// of its type only for the first event of each type. Schema validation
-// costs tens of microseconds an event, more than all the rest of an
-// import's work on a row; the first event of each batch catches a code
-// path whose payloads break their schema before any of them is written,
-// and the tests of such a code path check that whatever it accepts makes a
-// valid payload. Events of one key keep the order given.
-func QueueBulk(b *pgx.Batch, evs ...envelope.Event) error {
-	var validated []string
-	for i := range evs {
-		ev := &evs[i]
-		if slices.Contains(validated, ev.Type) {
-			if err := checkEnvelope(ev); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := Check(ev); err != nil {
-			return err
-		}
-		validated = append(validated, ev.Type)
-	}
-	QueueChecked(b, evs...)
-	return nil
-}
-
 // Check validates ev as Queue does: its envelope attributes, its payload's
 // size, and its payload against its type's JSON Schema.
 func Check(ev *envelope.Event) error {

@@ -238,10 +238,10 @@ func TestNotifierWakesListeners(t *testing.T) {
 	}
 }
 
-// QueueBulk checks every event's envelope and the first event of each type
-// against its schema, and writes the rest as Queue does: in order per key,
-// at gapless positions per shard.
-func TestQueueBulk(t *testing.T) {
+// Queue checks every event of a bulk write (an import's batch) before it
+// writes any, and writes them in order per key, at gapless positions per
+// shard.
+func TestQueueMany(t *testing.T) {
 	t.Parallel()
 	pool, _ := testenv.Pool(t)
 	ctx := context.Background()
@@ -249,7 +249,7 @@ func TestQueueBulk(t *testing.T) {
 	bulk := func(evs ...envelope.Event) error {
 		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 			var b pgx.Batch
-			if err := outbox.QueueBulk(&b, evs...); err != nil {
+			if err := outbox.Queue(&b, evs...); err != nil {
 				return err
 			}
 			return tx.SendBatch(ctx, &b).Close()
@@ -260,8 +260,9 @@ func TestQueueBulk(t *testing.T) {
 	badEnvelope := customerEvent("c", 1, now)
 	badEnvelope.CorrelationID = ""
 	for name, evs := range map[string][]envelope.Event{
-		"the first of a type breaks its schema": {badPayload, customerEvent("a", 1, now)},
-		"a later event has no correlation id":   {customerEvent("a", 1, now), badEnvelope},
+		"the first breaks its schema":         {badPayload, customerEvent("a", 1, now)},
+		"a later one breaks its schema":       {customerEvent("a", 1, now), customerEvent("d", 1, now), badPayload},
+		"a later event has no correlation id": {customerEvent("a", 1, now), badEnvelope},
 	} {
 		if err := bulk(evs...); !errors.Is(err, outbox.ErrInvalidEvent) {
 			t.Errorf("%s: error %v, want ErrInvalidEvent", name, err)

@@ -177,7 +177,7 @@ func (k kind[T]) writeOnce(ctx context.Context, j *job, b *batch[T], store bool)
 	}
 	var last pgx.Batch
 	j.queueProgress(&last, &t)
-	if err := outbox.QueueBulk(&last, evs...); err != nil {
+	if err := outbox.Queue(&last, evs...); err != nil {
 		return fmt.Errorf("writing the events of %s: %w", k.name, err)
 	}
 	if err := tx.Commit(ctx, &last); err != nil {

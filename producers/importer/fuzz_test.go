@@ -52,8 +52,8 @@ func decodeAll[T any](t *testing.T, k kind[T], file string, ok func(envelope.Eve
 // FuzzDecodeRow feeds arbitrary files to the row decoder of each type. It
 // must never panic; a malformed file is a *FileError; every row it accepts
 // makes an event that passes outbox.Check, its payload valid against its
-// JSON Schema (which is what lets outbox.QueueBulk validate by sample); and
-// every row it rejects says which column and why.
+// JSON Schema (an import whose events break it would fail, not skip the
+// row); and every row it rejects says which column and why.
 func FuzzDecodeRow(f *testing.F) {
 	headers := []string{
 		"external_id,customer_id,currency,amount,quantity,product,date\n",

@@ -28,9 +28,7 @@
 // it. An all_or_nothing import that validated whole is then written batch
 // by batch, like a partial one: should the database fail midway, the rows
 // of the batches committed stay (the import is failed, and importing the
-// file again completes it). Events of a batch are checked against their
-// JSON Schemas by sample (see outbox.QueueBulk): every record was validated
-// by the billing package, which makes its payload.
+// file again completes it).
 package importer
 
 import (
