@@ -510,20 +510,28 @@ func (s *scanner) object(k *check) bool {
 				return false
 			}
 		}
-		s.space()
-		if s.i >= len(s.b) {
-			return false
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-		case '}':
-			s.i++
-			return seen == k.requiredMask()
-		default:
-			return false
+		if more, ok := s.next('}'); !ok || !more {
+			return ok && seen == k.requiredMask()
 		}
 	}
+}
+
+// next reads what follows a member of an object or an array: a comma
+// (more) or its end.
+func (s *scanner) next(end byte) (more, ok bool) {
+	s.space()
+	if s.i >= len(s.b) {
+		return false, false
+	}
+	switch s.b[s.i] {
+	case ',':
+		s.i++
+		return true, true
+	case end:
+		s.i++
+		return false, true
+	}
+	return false, false
 }
 
 func (s *scanner) array(k *check) bool {
@@ -547,18 +555,8 @@ func (s *scanner) array(k *check) bool {
 			return false
 		}
 		n++
-		s.space()
-		if s.i >= len(s.b) {
-			return false
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-		case ']':
-			s.i++
-			return n >= k.minItems
-		default:
-			return false
+		if more, ok := s.next(']'); !ok || !more {
+			return ok && n >= k.minItems
 		}
 	}
 }
