@@ -34,6 +34,9 @@ type check struct {
 	minLen   int
 	maxLen   int // -1: none
 	pattern  *regexp.Regexp
+	// atoms is pattern as a sequence of byte classes, when it is that
+	// simple (see compileAtoms); nil leaves it to the regexp.
+	atoms    []atom
 	enum     []scalar
 	hasConst bool
 	constant scalar
@@ -269,7 +272,9 @@ func (c *fastCompiler) fill(k *check, file string, node any) error {
 			f, err = num(v)
 			k.maxLen = int(f)
 		case "pattern":
-			k.pattern, err = regexp.Compile(v.(string))
+			if k.pattern, err = regexp.Compile(v.(string)); err == nil {
+				k.atoms = compileAtoms(v.(string))
+			}
 		case "enum":
 			for _, e := range v.([]any) {
 				var sc scalar
@@ -603,7 +608,11 @@ func (k *check) str(v []byte) bool {
 			return false
 		}
 	}
-	if k.pattern != nil && !k.pattern.Match(v) {
+	if k.atoms != nil {
+		if !matchAtoms(k.atoms, v) {
+			return false
+		}
+	} else if k.pattern != nil && !k.pattern.Match(v) {
 		return false
 	}
 	switch k.format {
@@ -670,4 +679,108 @@ func atoi(s []byte) int {
 		n = n*10 + int(c-'0')
 	}
 	return n
+}
+
+// atom is a byte class repeated from min to max times (max -1: no bound).
+type atom struct {
+	in       [256]bool
+	min, max int
+}
+
+// compileAtoms compiles a pattern of the form ^(class quantifier?)*$, a
+// class being [...] of ranges and bytes (ASCII, not negated), an escaped
+// byte or a plain one, a quantifier *, +, ?, {n} or {m,n}; nil for
+// anything else (groups, alternations, anchors elsewhere), which the
+// regexp then matches.
+func compileAtoms(p string) []atom {
+	if len(p) < 2 || p[0] != '^' || p[len(p)-1] != '$' || strings.HasSuffix(p, `\$`) {
+		return nil
+	}
+	p = p[1 : len(p)-1]
+	atoms := []atom{}
+	for i := 0; i < len(p); {
+		var a atom
+		switch c := p[i]; {
+		case c == '[':
+			j := strings.IndexByte(p[i:], ']')
+			if j < 0 || i+1 < len(p) && p[i+1] == '^' {
+				return nil
+			}
+			set := p[i+1 : i+j]
+			for k := 0; k < len(set); k++ {
+				lo := set[k]
+				if lo == '\\' || lo >= 0x80 {
+					return nil
+				}
+				if k+2 < len(set) && set[k+1] == '-' {
+					for b := int(lo); b <= int(set[k+2]); b++ {
+						a.in[b] = true
+					}
+					k += 2
+					continue
+				}
+				a.in[lo] = true
+			}
+			i += j + 1
+		case c == '\\' && i+1 < len(p) && strings.IndexByte(`.-+*?()[]{}|^$\/`, p[i+1]) >= 0:
+			a.in[p[i+1]] = true
+			i += 2
+		case strings.IndexByte(`.+*?()[]{}|^$\`, c) >= 0 || c >= 0x80:
+			return nil
+		default:
+			a.in[c] = true
+			i++
+		}
+		a.min, a.max = 1, 1
+		if i < len(p) {
+			switch p[i] {
+			case '*':
+				a.min, a.max = 0, -1
+				i++
+			case '+':
+				a.max = -1
+				i++
+			case '?':
+				a.min = 0
+				i++
+			case '{':
+				j := strings.IndexByte(p[i:], '}')
+				if j < 0 {
+					return nil
+				}
+				lo, hi, two := strings.Cut(p[i+1:i+j], ",")
+				m, err1 := strconv.Atoi(lo)
+				n, err2 := strconv.Atoi(hi)
+				if !two {
+					n, err2 = m, nil
+				}
+				if err1 != nil || err2 != nil || m > n {
+					return nil
+				}
+				a.min, a.max = m, n
+				i += j + 1
+			}
+		}
+		atoms = append(atoms, a)
+	}
+	return atoms
+}
+
+// matchAtoms matches v against atoms greedily, without backtracking: a
+// match it finds is one of the regexp's; one it misses (a class that
+// needed to leave a byte to the next) is refused, for the general
+// validator to decide.
+func matchAtoms(atoms []atom, v []byte) bool {
+	i := 0
+	for _, a := range atoms {
+		n := 0
+		for i < len(v) && a.in[v[i]] && (a.max < 0 || n < a.max) {
+			i++
+			n++
+		}
+		if n < a.min {
+			return false
+		}
+	}
+	return i == len(v)
 }

@@ -3,6 +3,7 @@ package topics
 import (
 	"encoding/json"
 	"math"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -263,6 +264,51 @@ func BenchmarkValidate(b *testing.B) {
 		"created_at":"2025-01-01T00:00:00Z","updated_at":"2025-01-01T00:00:00Z"}`)
 	for b.Loop() {
 		if err := Validate("tally.invoice.updated.v1", payload); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestAtomsMatchLikeTheRegexp checks the byte-class matcher against the
+// regexp on the schemas' simple patterns and a few more, over strings made
+// of their alphabets: it may refuse a match (it does not backtrack), never
+// accept a non-match.
+func TestAtomsMatchLikeTheRegexp(t *testing.T) {
+	t.Parallel()
+	patterns := []string{`^[a-z][a-z0-9_.]*$`, `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`, `^[A-Z]{3}$`, `^[0-9]+[0-9]$`,
+		`^a?b+c*$`, `^x\.y{2,3}$`, `^[-a]{1,2}$`}
+	for _, p := range patterns {
+		atoms := compileAtoms(p)
+		if atoms == nil {
+			t.Fatalf("%s did not compile to atoms", p)
+		}
+		re := regexp.MustCompile(p)
+		inputs := []string{"", "a", "A", "USD", "usd", "US", "USDX", "a.b_c", "a-b", "9", "99", "-", "--a", "ab", "abbc", "xyy", "x.yy",
+			"x.yyy", "x.yyyy", "é", "a\n", strings.Repeat("a", 64), strings.Repeat("a", 65)}
+		for _, in := range inputs {
+			if got, want := matchAtoms(atoms, []byte(in)), re.MatchString(in); got && !want {
+				t.Errorf("%s: the atoms match %q, the regexp does not", p, in)
+			}
+		}
+	}
+	for _, p := range []string{`^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$`, `^-?[0-9]+(\.[0-9]+)?$`, `^[^a]$`, `a$`, `^a|b$`} {
+		if compileAtoms(p) != nil {
+			t.Errorf("%s compiled to atoms; it is for the regexp", p)
+		}
+	}
+	if !matchAtoms(compileAtoms(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`), []byte("inv_2025-03:01.a")) {
+		t.Error("an id does not match the id pattern's atoms")
+	}
+}
+
+// BenchmarkValidateSale validates a sale's payload, as an import does with
+// each row.
+func BenchmarkValidateSale(b *testing.B) {
+	payload := []byte(`{"id":"sal_01JQ8Z7Y6X5W4V3T2S1R0Q9P8N","customer_id":"cus_0001","currency":"USD","amount":1999,"quantity":1,` +
+		`"product":"Plan","date":"2025-03-01","refunded_amount":0,"status":"active","external_id":"row-1","version":1,` +
+		`"created_at":"2025-03-01T09:00:00Z","updated_at":"2025-03-01T09:00:00Z"}`)
+	for b.Loop() {
+		if err := Validate("tally.sale.created.v1", payload); err != nil {
 			b.Fatal(err)
 		}
 	}
