@@ -181,7 +181,7 @@ func (k kind[T]) writeOnce(ctx context.Context, j *job, b *batch[T], store bool)
 		return fmt.Errorf("writing the events of %s: %w", k.name, err)
 	}
 	if err := tx.Commit(ctx, &last); err != nil {
-		return fmt.Errorf("committing %d %s: %w", len(evs), k.name, err)
+		return fmt.Errorf("committing %d %s: %w", len(evs), k.name, reaped(err))
 	}
 	j.add(&t, true)
 	if len(evs) > 0 {

@@ -50,6 +50,7 @@ import (
 	"unicode"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tally-dev/tally/internal/envelope"
@@ -295,9 +296,33 @@ type Report struct {
 
 // Importer imports files into the database of its pool.
 type Importer struct {
-	pool   *pgxpool.Pool
-	notify func()
+	pool      *pgxpool.Pool
+	notify    func()
+	heartbeat time.Duration
 }
+
+// Liveness of imports. While its process works on it, a running import's
+// record is touched every Heartbeat, by its batches or, between them (a
+// slow upload), on its own. ReapStale fails an import untouched for
+// StaleAfter: its process died (or lost the database for that long), and
+// it would otherwise stay running for ever. A process that comes back to
+// an import reaped meanwhile commits nothing more of it (ErrReaped).
+const (
+	Heartbeat  = 30 * time.Second
+	StaleAfter = 5 * time.Minute
+)
+
+// ErrReaped: the import was failed by ReapStale while this process still
+// worked on it; nothing more of it is written.
+var ErrReaped = errors.New("importer: the import was failed as stale (no sign of life for longer than StaleAfter)")
+
+// Opt configures an Importer.
+type Opt func(*Importer)
+
+// WithHeartbeat sets how often a running import's record is touched;
+// default Heartbeat. Keep it well under the StaleAfter that ReapStale is
+// given.
+func WithHeartbeat(d time.Duration) Opt { return func(im *Importer) { im.heartbeat = d } }
 
 // writers is how many batches an import writes at once, each on a
 // connection of its own.
@@ -305,11 +330,15 @@ const writers = 2
 
 // New returns an Importer writing to pool. notify, when set, is called
 // after each commit that wrote events, to wake relays (outbox.Notifier).
-func New(pool *pgxpool.Pool, notify func()) *Importer {
+func New(pool *pgxpool.Pool, notify func(), opts ...Opt) *Importer {
 	if notify == nil {
 		notify = func() {}
 	}
-	return &Importer{pool: pool, notify: notify}
+	im := &Importer{pool: pool, notify: notify, heartbeat: Heartbeat}
+	for _, o := range opts {
+		o(im)
+	}
+	return im
 }
 
 // job is one import under way.
@@ -396,7 +425,17 @@ func (im *Importer) Import(ctx context.Context, f *File, opts Options) (Report, 
 		j.rep.Rows, j.rep.StartedAt); err != nil {
 		return Report{}, fmt.Errorf("recording the import: %w", err)
 	}
-	err = j.run(ctx, k)
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	beating := make(chan struct{})
+	go func() { defer close(beating); j.beat(rctx, cancel) }()
+	err = j.run(rctx, k)
+	cancel(nil)
+	<-beating
+	if errors.Is(err, ErrReaped) || errors.Is(context.Cause(rctx), ErrReaped) {
+		// ReapStale recorded its end, and its completed event.
+		return Report{}, fmt.Errorf("import %s: %w", j.rep.ID, ErrReaped)
+	}
 	if err != nil {
 		j.rep.Failure = err.Error()
 		// Record the failure even if ctx ended, but not forever.
@@ -410,6 +449,37 @@ func (im *Importer) Import(ctx context.Context, f *File, opts Options) (Report, 
 		return Report{}, errors.Join(err, ferr)
 	}
 	return rep, err
+}
+
+// beat touches the import's record every heartbeat until ctx ends, and
+// cancels the import with ErrReaped if it finds it reaped.
+func (j *job) beat(ctx context.Context, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(j.im.heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ct, err := j.im.pool.Exec(ctx, `UPDATE imports SET updated_at = now() WHERE id = $1 AND status = 'running'`, j.rep.ID)
+		if err == nil && ct.RowsAffected() == 0 {
+			cancel(ErrReaped)
+			return
+		}
+		// An error (the database away) is the next beat's to mend: the
+		// import stays alive for StaleAfter.
+	}
+}
+
+// reaped makes the error of a transaction that import_running failed
+// (SQLSTATE TL002) ErrReaped.
+func reaped(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "TL002" {
+		return fmt.Errorf("%w: %v", ErrReaped, pe.Message)
+	}
+	return err
 }
 
 // finishTimeout bounds the recording of an import's failure.
@@ -508,6 +578,7 @@ func (j *job) finish(ctx context.Context) error {
 	}
 	defer tx.Rollback(ctx)
 	var b pgx.Batch
+	b.Queue(`SELECT import_running($1)`, r.ID)
 	queueErrors(&b, r.ID, 0, j.unstored)
 	b.Queue(`UPDATE imports SET status = $2, failure = $3, processed = $4, created = $5, duplicates = $6,
 			rejected = $7, errors = $8, updated_at = $9, finished_at = $9
@@ -517,7 +588,7 @@ func (j *job) finish(ctx context.Context) error {
 		return err
 	}
 	if err := tx.Commit(ctx, &b); err != nil {
-		return fmt.Errorf("recording the end of import %s: %w", r.ID, err)
+		return fmt.Errorf("recording the end of import %s: %w", r.ID, reaped(err))
 	}
 	j.im.notify()
 	return nil
@@ -526,6 +597,7 @@ func (j *job) finish(ctx context.Context) error {
 // queueProgress queues the storing of what a batch adds to its import:
 // its counts and its kept errors.
 func (j *job) queueProgress(b *pgx.Batch, t *tally) {
+	b.Queue(`SELECT import_running($1)`, j.rep.ID)
 	queueErrors(b, j.rep.ID, t.first, t.kept)
 	b.Queue(`UPDATE imports SET processed = processed + $2, created = created + $3, duplicates = duplicates + $4,
 			rejected = rejected + $5, errors = errors + $6, updated_at = now()
@@ -600,4 +672,56 @@ func Template(typ string) ([]byte, error) {
 	w.Write(k.exampleRow())
 	w.Flush()
 	return b.Bytes(), w.Error()
+}
+
+// ReaperSource is the ce_source of the completed events of reaped imports.
+const ReaperSource = "/tally/scheduler/imports"
+
+// ReapStale fails, at now, each import still running whose record was not
+// touched for staleAfter (see Heartbeat): its counts stay those of the
+// batches it committed, and its tally.import.completed.v1 (status failed)
+// is written with it, so the imports of a process that died end as those
+// of one that failed. It returns how many it failed.
+func ReapStale(ctx context.Context, pool *pgxpool.Pool, staleAfter time.Duration, now time.Time) (int, error) {
+	now = now.UTC().Truncate(time.Microsecond)
+	tx, err := postgres.Begin(ctx, pool)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(ctx)
+	rows, err := tx.Query(ctx, `UPDATE imports SET status = 'failed', updated_at = $1, finished_at = $1,
+			failure = 'no sign of the process importing it since ' || to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') ||
+				': it stopped before the end (the batches it committed stay; importing the file again completes it)'
+		WHERE status = 'running' AND updated_at < $2
+		RETURNING id, type, mode, filename, rows, created, duplicates, rejected, errors, failure, started_at`, now, now.Add(-staleAfter))
+	if err != nil {
+		return 0, fmt.Errorf("failing stale imports: %w", err)
+	}
+	evs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (envelope.Event, error) {
+		c := completed{Status: StatusFailed, FinishedAt: now}
+		if err := r.Scan(&c.ID, &c.Type, &c.Mode, &c.Filename, &c.Rows, &c.Created, &c.Duplicates, &c.Rejected, &c.Errors,
+			&c.Failure, &c.StartedAt); err != nil {
+			return envelope.Event{}, err
+		}
+		payload, err := json.Marshal(c)
+		if err != nil {
+			return envelope.Event{}, err
+		}
+		return envelope.Event{ID: envelope.NewID(), Type: "tally.import.completed.v1", Source: ReaperSource, Subject: c.ID,
+			Time: now, Sequence: 1, CorrelationID: envelope.NewID().String(), Data: payload}, nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("failing stale imports: %w", err)
+	}
+	if len(evs) == 0 {
+		return 0, nil
+	}
+	var b pgx.Batch
+	if err := outbox.Queue(&b, evs...); err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(ctx, &b); err != nil {
+		return 0, fmt.Errorf("failing stale imports: %w", err)
+	}
+	return len(evs), nil
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/date"
 	"github.com/tally-dev/tally/producers/billing"
+	"github.com/tally-dev/tally/producers/importer"
 )
 
 // Task is one time-driven producer. Run does what is due at now and returns
@@ -45,6 +46,9 @@ type Task struct {
 //   - invoice.notices: the reminders and overdue notices of open invoices
 //     that notices (days from the due date) makes due by today
 //     (billing.SendNotices), every interval.
+//   - import.reap: fails the CSV imports whose process stopped, silent for
+//     importer.StaleAfter, with their tally.import.completed.v1
+//     (importer.ReapStale), every interval.
 //   - kpi.publish: tally.kpi.calculated.v1 for the KPI values that the
 //     KPI group's latest events changed (kpi.Publish), every kpiEvery:
 //     the window in which a burst of events is coalesced into one
@@ -61,6 +65,11 @@ func Tasks(pool *pgxpool.Pool, kpiEvery time.Duration, notices billing.NoticeSch
 		Run: func(ctx context.Context, now time.Time) (int, error) {
 			rep, err := billing.SendNotices(ctx, pool, notices, date.Of(now), 0)
 			return rep.Reminders + rep.Overdue, err
+		},
+	}, {
+		Name: "import.reap",
+		Run: func(ctx context.Context, now time.Time) (int, error) {
+			return importer.ReapStale(ctx, pool, importer.StaleAfter, now)
 		},
 	}, {
 		Name:  "kpi.publish",
