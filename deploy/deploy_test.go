@@ -246,7 +246,7 @@ func exportedMetrics(t *testing.T) metricSet {
 	}
 
 	// The scheduler, as `tally scheduler` builds it.
-	if _, err := scheduler.New(scheduler.Tasks(pool, time.Second, billing.DefaultNoticeSchedule), scheduler.WithRegisterer(rec)); err != nil {
+	if _, err := scheduler.New(scheduler.Tasks(pool, scheduler.Settings{KPIEvery: time.Second, Notices: billing.DefaultNoticeSchedule, NotifyRetention: 90 * 24 * time.Hour}), scheduler.WithRegisterer(rec)); err != nil {
 		t.Fatal(err)
 	}
 

@@ -201,7 +201,8 @@ func startScheduler(p *process) error {
 }
 
 func newScheduler(pool *pgxpool.Pool, cfg config.Config, log *slog.Logger, reg prometheus.Registerer, notify func()) (*scheduler.Scheduler, error) {
-	return scheduler.New(scheduler.Tasks(pool, cfg.KPIPublishInterval, cfg.InvoiceNotices),
+	return scheduler.New(scheduler.Tasks(pool, scheduler.Settings{KPIEvery: cfg.KPIPublishInterval, Notices: cfg.InvoiceNotices,
+		NotifyRetention: cfg.NotifyRetention}),
 		scheduler.WithInterval(cfg.SchedulerInterval),
 		scheduler.WithLogger(log.With("component", "scheduler")),
 		scheduler.WithRegisterer(reg),

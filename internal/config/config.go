@@ -101,6 +101,9 @@ type Config struct {
 	// MailTemplates is a directory whose KIND.txt and KIND.html replace the
 	// built-in templates of that kind; empty keeps them all.
 	MailTemplates string
+	// NotifyRetention is how long webhook deliveries (with their attempts)
+	// and email messages are kept after they ended; zero keeps them.
+	NotifyRetention time.Duration
 	// MailOperator is who is told, by email, that a webhook endpoint was
 	// disabled; empty tells no one (the log and the alert still do).
 	MailOperator string
@@ -133,6 +136,7 @@ func Default() Config {
 		WebhookTimeout:     10 * time.Second,
 		SMTPFrom:           "Tally <tally@localhost>",
 		SMTPTLS:            mail.TLSOpportunistic,
+		NotifyRetention:    90 * 24 * time.Hour,
 		ShutdownTimeout:    20 * time.Second,
 	}
 }
@@ -338,6 +342,9 @@ var settings = []Setting{
 	{"TALLY_MAIL_OPERATOR", "mail-operator", "address told by email when a webhook endpoint is disabled; empty: no one",
 		func(c *Config) string { return c.MailOperator },
 		func(c *Config, v string) error { return parseAddress(v, &c.MailOperator) }},
+	{"TALLY_NOTIFY_RETENTION", "notify-retention", "how long the scheduler keeps webhook deliveries (and their attempts) and email messages after they ended; 0 keeps them",
+		func(c *Config) string { return c.NotifyRetention.String() },
+		func(c *Config, v string) error { return parseDuration(v, 0, &c.NotifyRetention) }},
 	{"TALLY_SHUTDOWN_TIMEOUT", "shutdown-timeout", "bound on a graceful stop after SIGTERM",
 		func(c *Config) string { return c.ShutdownTimeout.String() },
 		func(c *Config, v string) error { return parseDuration(v, time.Second, &c.ShutdownTimeout) }},

@@ -117,3 +117,17 @@ func Resend(ctx context.Context, db DB, id int64, now time.Time) (Record, error)
 	}
 	return m, nil
 }
+
+// Prune deletes at most limit messages that ended (sent, failed or
+// cancelled) before before, the oldest first, and returns how many. Their
+// keys go with them: an event applied again after that (which the consumer
+// runtime's marks prevent) could queue its message again.
+func Prune(ctx context.Context, db DB, before time.Time, limit int) (int64, error) {
+	ct, err := db.Exec(ctx, `WITH old AS (
+			SELECT id FROM mail_messages WHERE status <> 'pending' AND completed_at < $1 ORDER BY completed_at LIMIT $2)
+		DELETE FROM mail_messages m USING old WHERE m.id = old.id`, before, limit)
+	if err != nil {
+		return 0, fmt.Errorf("pruning mail messages: %w", err)
+	}
+	return ct.RowsAffected(), nil
+}

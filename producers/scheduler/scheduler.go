@@ -25,6 +25,8 @@ import (
 	"github.com/tally-dev/tally/consumers/kpi"
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/date"
+	"github.com/tally-dev/tally/internal/mail"
+	"github.com/tally-dev/tally/internal/webhook"
 	"github.com/tally-dev/tally/producers/billing"
 	"github.com/tally-dev/tally/producers/importer"
 )
@@ -38,23 +40,49 @@ type Task struct {
 	Run   func(ctx context.Context, now time.Time) (events int, err error)
 }
 
+// Settings are what Tasks builds the tasks with.
+type Settings struct {
+	// KPIEvery is kpi.publish's interval.
+	KPIEvery time.Duration
+	// Notices is when invoice.notices sends reminders and overdue notices,
+	// in days from the due date.
+	Notices billing.NoticeSchedule
+	// NotifyRetention is how long notify.retention keeps webhook deliveries
+	// and email messages after they ended; zero keeps them for ever (and
+	// runs no notify.retention).
+	NotifyRetention time.Duration
+}
+
+// pruneChunk and pruneChunks bound one notify.retention run: at most
+// pruneChunks statements deleting pruneChunk rows each, per table, so that
+// a first run over years of history does not hold the database for long;
+// the next run goes on.
+const (
+	pruneChunk  = 5000
+	pruneChunks = 20
+)
+
 // Tasks returns the tasks of Tally on pool.
 //
 //   - revenue.announce: tally.revenue.recognized.v1 for the service days
 //     through today (UTC) that the revenue ledger has not announced
 //     (revenue.Announce), every interval.
 //   - invoice.notices: the reminders and overdue notices of open invoices
-//     that notices (days from the due date) makes due by today
-//     (billing.SendNotices), every interval.
+//     that s.Notices makes due by today (billing.SendNotices), every
+//     interval.
 //   - import.reap: fails the CSV imports whose process stopped, silent for
 //     importer.StaleAfter, with their tally.import.completed.v1
 //     (importer.ReapStale), every interval.
 //   - kpi.publish: tally.kpi.calculated.v1 for the KPI values that the
-//     KPI group's latest events changed (kpi.Publish), every kpiEvery:
+//     KPI group's latest events changed (kpi.Publish), every s.KPIEvery:
 //     the window in which a burst of events is coalesced into one
 //     announcement per KPI and period.
-func Tasks(pool *pgxpool.Pool, kpiEvery time.Duration, notices billing.NoticeSchedule) []Task {
-	return []Task{{
+//   - notify.retention: deletes the webhook deliveries (with their
+//     attempts) and the email messages that ended more than
+//     s.NotifyRetention ago (webhook.Prune, mail.Prune), every interval;
+//     none with a zero retention.
+func Tasks(pool *pgxpool.Pool, s Settings) []Task {
+	tasks := []Task{{
 		Name: "revenue.announce",
 		Run: func(ctx context.Context, now time.Time) (int, error) {
 			rep, err := revenue.Announce(ctx, pool, date.Of(now), 0)
@@ -63,7 +91,7 @@ func Tasks(pool *pgxpool.Pool, kpiEvery time.Duration, notices billing.NoticeSch
 	}, {
 		Name: "invoice.notices",
 		Run: func(ctx context.Context, now time.Time) (int, error) {
-			rep, err := billing.SendNotices(ctx, pool, notices, date.Of(now), 0)
+			rep, err := billing.SendNotices(ctx, pool, s.Notices, date.Of(now), 0)
 			return rep.Reminders + rep.Overdue, err
 		},
 	}, {
@@ -73,12 +101,33 @@ func Tasks(pool *pgxpool.Pool, kpiEvery time.Duration, notices billing.NoticeSch
 		},
 	}, {
 		Name:  "kpi.publish",
-		Every: kpiEvery,
+		Every: s.KPIEvery,
 		Run: func(ctx context.Context, _ time.Time) (int, error) {
 			rep, err := kpi.Publish(ctx, pool, 0)
 			return rep.Changes, err
 		},
 	}}
+	if s.NotifyRetention > 0 {
+		tasks = append(tasks, Task{Name: "notify.retention", Run: func(ctx context.Context, now time.Time) (int, error) {
+			before := now.Add(-s.NotifyRetention)
+			for _, prune := range []func() (int64, error){
+				func() (int64, error) { return webhook.Prune(ctx, pool, before, pruneChunk) },
+				func() (int64, error) { return mail.Prune(ctx, pool, before, pruneChunk) },
+			} {
+				for range pruneChunks {
+					n, err := prune()
+					if err != nil {
+						return 0, err
+					}
+					if n < pruneChunk {
+						break
+					}
+				}
+			}
+			return 0, nil
+		}})
+	}
+	return tasks
 }
 
 // Scheduler runs tasks on an interval. Create it with New.

@@ -127,7 +127,7 @@ func TestTheRevenueTaskAnnouncesEachDayOnce(t *testing.T) {
 	var ss [2]*scheduler.Scheduler
 	for i := range ss {
 		var err error
-		if ss[i], err = scheduler.New(scheduler.Tasks(pool, time.Second, billing.DefaultNoticeSchedule), scheduler.WithClock(clock)); err != nil {
+		if ss[i], err = scheduler.New(scheduler.Tasks(pool, scheduler.Settings{KPIEvery: time.Second, Notices: billing.DefaultNoticeSchedule, NotifyRetention: 90 * 24 * time.Hour}), scheduler.WithClock(clock)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -201,4 +201,68 @@ func value(t *testing.T, reg *prometheus.Registry, series string) float64 {
 	}
 	t.Fatalf("no series %s", series)
 	return 0
+}
+
+func TestNotifyRetention(t *testing.T) {
+	t.Parallel()
+	pool, _ := testenv.Pool(t)
+	ctx := context.Background()
+	now := time.Now()
+	old, recent := now.Add(-100*24*time.Hour), now.Add(-time.Hour)
+	if _, err := pool.Exec(ctx, `INSERT INTO webhook_endpoints (id, url, event_types, secret) VALUES ('we_1', 'https://hooks.example.com/', '{*}', 'whsec_x')`); err != nil {
+		t.Fatal(err)
+	}
+	delivery := func(status string, completed *time.Time) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, `WITH d AS (INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, event_time, payload, status, completed_at, created_at)
+				VALUES ('we_1', gen_random_uuid(), 'tally.customer.created.v1', $3, '{}', $1, $2, $3) RETURNING id)
+			INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code, duration_ms) SELECT id, $3, 200, 5 FROM d`,
+			status, completed, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	message := func(key, status string, completed *time.Time) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, `INSERT INTO mail_messages (key, kind, event_id, to_email, data, status, completed_at, created_at, next_attempt_at)
+			VALUES ($1, 'welcome', gen_random_uuid(), 'a@example.com', '{}', $2, $3, $4, $4)`, key, status, completed, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	delivery("succeeded", &old)
+	delivery("failed", &old)
+	delivery("pending", nil)
+	delivery("succeeded", &recent)
+	message("old-sent", "sent", &old)
+	message("old-cancelled", "cancelled", &old)
+	message("old-pending", "pending", nil)
+	message("recent-sent", "sent", &recent)
+
+	find := func(s scheduler.Settings) *scheduler.Task {
+		for _, task := range scheduler.Tasks(pool, s) {
+			if task.Name == "notify.retention" {
+				return &task
+			}
+		}
+		return nil
+	}
+	if find(scheduler.Settings{KPIEvery: time.Second}) != nil {
+		t.Error("a zero retention runs notify.retention")
+	}
+	task := find(scheduler.Settings{KPIEvery: time.Second, NotifyRetention: 90 * 24 * time.Hour})
+	if task == nil {
+		t.Fatal("no notify.retention task")
+	}
+	if _, err := task.Run(ctx, now); err != nil {
+		t.Fatal(err)
+	}
+	var deliveries, attempts, messages int
+	var kept []string
+	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM webhook_deliveries), (SELECT count(*) FROM webhook_attempts),
+			(SELECT count(*) FROM mail_messages), (SELECT array_agg(key ORDER BY key) FROM mail_messages)`).
+		Scan(&deliveries, &attempts, &messages, &kept); err != nil {
+		t.Fatal(err)
+	}
+	if deliveries != 2 || attempts != 2 || messages != 2 || strings.Join(kept, ",") != "old-pending,recent-sent" {
+		t.Errorf("kept %d deliveries, %d attempts, messages %v; want the pending and the recent ones", deliveries, attempts, kept)
+	}
 }
