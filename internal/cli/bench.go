@@ -32,7 +32,7 @@ func benchFlags(fs *flag.FlagSet) {
 	fs.IntVar(&bench.rate, "rate", 1000, "events per second of the latency benchmark")
 	fs.DurationVar(&bench.duration, "duration", 10*time.Second, "length of one run of the latency and API benchmarks")
 	fs.IntVar(&bench.clients, "clients", 16, "concurrent HTTP clients of the API benchmark")
-	fs.StringVar(&bench.only, "only", "", "run one benchmark: drain, latency, api, consume (the revenue group), kpi, rebuild, projection or import")
+	fs.StringVar(&bench.only, "only", "", "run one benchmark: drain, latency, api, consume (the revenue group), kpi, notify, rebuild, projection or import")
 	fs.IntVar(&bench.rows, "rows", 1_000_000, "rows of the sales CSV file the import benchmark uploads")
 	fs.StringVar(&bench.profile, "cpuprofile", "", "write a CPU profile of this process (API, relay, consumers; not PostgreSQL) over every run to this file")
 }
@@ -50,9 +50,9 @@ func runBench(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) e
 		return usageError{fmt.Errorf("-count, -events, -rate, -clients, -rows must be positive and -duration at least 1s")}
 	}
 	switch bench.only {
-	case "", "drain", "latency", "api", "consume", "rebuild", "projection", "import", "kpi":
+	case "", "drain", "latency", "api", "consume", "rebuild", "projection", "import", "kpi", "notify":
 	default:
-		return usageError{fmt.Errorf("-only %q: want drain, latency, api, consume, kpi, rebuild, projection or import", bench.only)}
+		return usageError{fmt.Errorf("-only %q: want drain, latency, api, consume, kpi, notify, rebuild, projection or import", bench.only)}
 	}
 	if bench.profile != "" {
 		f, err := os.Create(bench.profile)
@@ -107,8 +107,8 @@ func runBench(ctx context.Context, e Env, cfg config.Config, log *slog.Logger) e
 		emit(loadgen.Figure{Name: "commit_to_projection_p50", Value: loadgen.Median(p50), Unit: "ms"})
 		emit(loadgen.Figure{Name: "commit_to_projection_p99", Value: loadgen.Median(p99), Unit: "ms"})
 	}
-	for _, g := range []string{"revenue", "kpi"} {
-		only := map[string]string{"revenue": "consume", "kpi": "kpi"}[g]
+	for _, g := range []string{"revenue", "kpi", "notify"} {
+		only := map[string]string{"revenue": "consume", "kpi": "kpi", "notify": "notify"}[g]
 		if bench.only != "" && bench.only != only {
 			continue
 		}

@@ -11,28 +11,67 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/tally-dev/tally/consumers/kpi"
+	"github.com/tally-dev/tally/consumers/notify"
 	"github.com/tally-dev/tally/consumers/revenue"
 	"github.com/tally-dev/tally/internal/consumer"
 	"github.com/tally-dev/tally/internal/devkafka"
 	"github.com/tally-dev/tally/internal/envelope"
 	"github.com/tally-dev/tally/internal/observe"
 	"github.com/tally-dev/tally/internal/outbox"
+	"github.com/tally-dev/tally/internal/webhook"
 	"github.com/tally-dev/tally/producers/api"
 )
 
 // Backlogs are the groups ConsumeBacklog measures, each with what fills
 // its backlog: the revenue group with invoice events (fillTopic), the KPI
-// group with sale events (fillSales).
+// group with sale events (fillSales), the notify group, with email on and
+// three webhook endpoints, with customers and their payments (fillNotify).
 var Backlogs = map[string]struct {
-	Group func() *consumer.Group
-	fill  func(ctx context.Context, c *kfake.Cluster, n int) error
+	Group   func() *consumer.Group
+	fill    func(ctx context.Context, c *kfake.Cluster, n int) error
+	prepare func(ctx context.Context, pool *pgxpool.Pool) error // before the group starts; nil: nothing
 }{
-	"revenue": {revenue.Group, fillTopic},
-	"kpi":     {kpi.Group, fillSales},
+	"revenue": {revenue.Group, fillTopic, nil},
+	"kpi":     {kpi.Group, fillSales, nil},
+	"notify":  {func() *consumer.Group { return notify.Group(notify.WithMail()) }, fillNotify, endpoints},
+}
+
+// endpoints registers the notify backlog's webhook endpoints: one for
+// every event, one for the invoices', one for the welcomes.
+func endpoints(ctx context.Context, pool *pgxpool.Pool) error {
+	for _, types := range [][]string{{"*"}, {"tally.invoice.*"}, {"tally.customer.created.v1"}} {
+		if _, err := webhook.CreateEndpoint(ctx, pool, webhook.NewEndpoint{URL: "https://hooks.example.com/", EventTypes: types}); err != nil {
+			return fmt.Errorf("registering a webhook endpoint: %w", err)
+		}
+	}
+	return nil
+}
+
+// fillNotify produces n events: of every five, a customer's creation
+// (tally.customers.v1) and four payments of its invoice (tally.invoices.v1),
+// the last settling it. Each makes two or three webhook deliveries and an
+// email.
+func fillNotify(ctx context.Context, c *kfake.Cluster, n int) error {
+	return produceAll(ctx, c, n, func(i int) (*kgo.Record, error) {
+		k, step := i/5, int64(i%5)
+		cus, inv := fmt.Sprintf("cus_%08d", k), fmt.Sprintf("inv_%08d", k)
+		if step == 0 {
+			ev := envelope.Event{ID: envelope.NewID(), Type: "tally.customer.created.v1", Source: "/tally/loadgen", Subject: cus,
+				Time: stampTime, Sequence: 1, CorrelationID: "loadgen", Data: fmt.Appendf(nil,
+					`{"id":%q,"name":"Customer %d","email":"c%d@example.com","created_at":%q,"updated_at":%q}`, cus, k, k, stamp, stamp)}
+			return ev.Record("tally.customers.v1"), nil
+		}
+		ev := envelope.Event{ID: envelope.NewID(), Type: "tally.invoice.payment_received.v1", Source: "/tally/loadgen", Subject: inv,
+			Time: stampTime, Sequence: step + 1, CorrelationID: "loadgen", Data: fmt.Appendf(nil,
+				`{"invoice_id":%q,"customer_id":%q,"payment_id":"pay_%08d_%d","currency":"USD","amount":3000,"paid_at":"2025-03-10",`+
+					`"total":12000,"amount_paid":%d,"amount_due":%d}`, inv, cus, k, step, 3000*step, 12000-3000*step)}
+		return ev.Record("tally.invoices.v1"), nil
+	})
 }
 
 // ConsumeBacklog measures how fast one member of group (a key of Backlogs)
@@ -55,6 +94,11 @@ func ConsumeBacklog(ctx context.Context, serverURL, group string, n int, log *sl
 	defer c.Close()
 	if err := b.fill(ctx, c, n); err != nil {
 		return 0, fmt.Errorf("filling the topic: %w", err)
+	}
+	if b.prepare != nil {
+		if err := b.prepare(ctx, db.pool); err != nil {
+			return 0, err
+		}
 	}
 	began := time.Now()
 	stop, err := applyBacklog(ctx, db, c, b.Group(), n, log)
