@@ -5,10 +5,12 @@
 // Messages are queued in PostgreSQL (mail_messages), in the transaction
 // of whatever caused them, and a Sender sends them over SMTP, rendering
 // each from its kind's templates (plain text and HTML) when it is sent.
-// Each message has a key, unique for ever: the customer's welcome, the
-// payment's receipt, the invoice's reminder step. So a message is queued
-// at most once however often its cause is seen again (a redelivered
-// event, a replay), and sent until the server takes it once.
+// Each message has a unique key: the customer's welcome, the payment's
+// receipt, the invoice's reminder step. So a message is queued at most
+// once however often its cause is seen again (a redelivered event, a
+// replay), and sent until the server takes it once. Prune deletes the
+// messages that ended long ago, keys and all; the consumer runtime's
+// marks keep their events from being applied again.
 //
 // The gotcha: SMTP has no idempotency key. A sender that dies after the
 // server took a message but before recording it sends the message again
@@ -45,8 +47,8 @@ const (
 
 // Message is a message to queue.
 type Message struct {
-	// Key identifies the message for ever: a second message with the same
-	// key is not queued.
+	// Key identifies the message: a second message with the same key is
+	// not queued.
 	Key  string
 	Kind string
 	// EventID is the event that caused the message, for the log.
