@@ -120,9 +120,44 @@ func compileFast(fsys fs.FS) (map[string]*check, error) {
 		if err != nil {
 			return nil, fmt.Errorf("fast check of %s: %w", name, err)
 		}
-		out[strings.TrimSuffix(name, ".json")] = collapse(k, done)
+		k = collapse(k, done)
+		if err := acyclic(k, map[*check]bool{}, map[*check]bool{}); err != nil {
+			return nil, fmt.Errorf("fast check of %s: %w", name, err)
+		}
+		out[strings.TrimSuffix(name, ".json")] = k
 	}
 	return out, nil
+}
+
+// acyclic fails a check that refers to itself through $ref and allOf
+// alone: reading a value, it would never end. (Through properties and
+// items it may: each level reads a level deeper, and depth is bounded.)
+// path holds the checks of the $ref and allOf chain being followed, done
+// those looked at whole.
+func acyclic(k *check, path, done map[*check]bool) error {
+	if path[k] {
+		return fmt.Errorf("a cycle of $ref or allOf")
+	}
+	if done[k] {
+		return nil
+	}
+	path[k] = true
+	for _, a := range k.all {
+		if err := acyclic(a, path, done); err != nil {
+			return err
+		}
+	}
+	delete(path, k)
+	done[k] = true
+	for _, p := range k.props {
+		if err := acyclic(p, map[*check]bool{}, done); err != nil {
+			return err
+		}
+	}
+	if k.items != nil {
+		return acyclic(k.items, map[*check]bool{}, done)
+	}
+	return nil
 }
 
 // collapse replaces each check that only refers to one other by that
@@ -136,12 +171,12 @@ func collapse(k *check, done map[*check]*check) *check {
 	k.hasOwn = k.types != 0 || k.props != nil || k.required != nil || k.closed || k.items != nil || k.minItems > 0 ||
 		k.minLen > 0 || k.maxLen >= 0 || k.pattern != nil || k.enum != nil || k.hasConst ||
 		!math.IsInf(k.min, -1) || !math.IsInf(k.max, 1) || !math.IsInf(k.exclMin, -1) || k.format != ""
+	done[k] = k // a cycle of references stops here, uncollapsed
 	if !k.hasOwn && len(k.all) == 1 {
 		c := collapse(k.all[0], done)
 		done[k] = c
 		return c
 	}
-	done[k] = k
 	for i, a := range k.all {
 		k.all[i] = collapse(a, done)
 	}
@@ -276,6 +311,9 @@ func (c *fastCompiler) fill(k *check, file string, node any) error {
 				k.atoms = compileAtoms(v.(string))
 			}
 		case "enum":
+			if len(v.([]any)) == 0 {
+				return fmt.Errorf("an empty enum, which nothing passes")
+			}
 			for _, e := range v.([]any) {
 				var sc scalar
 				if sc, err = toScalar(e); err != nil {
@@ -324,9 +362,16 @@ func (k *check) valid(payload []byte) bool {
 
 // scanner reads JSON at i of b.
 type scanner struct {
-	b []byte
-	i int
+	b     []byte
+	i     int
+	depth int // objects and arrays open around i
 }
+
+// maxDepth bounds the nesting the fast check reads: the schemas nest a few
+// levels, and a deeper payload (json.Unmarshal refuses past 10,000; a
+// recursion without bound would exhaust the stack) is the general
+// validator's to refuse.
+const maxDepth = 64
 
 func (s *scanner) space() {
 	for s.i < len(s.b) {
@@ -357,10 +402,19 @@ func (s *scanner) value(k *check) bool {
 		return false
 	}
 	switch c := s.b[s.i]; {
-	case c == '{':
-		return s.object(k)
-	case c == '[':
-		return s.array(k)
+	case c == '{' || c == '[':
+		if s.depth == maxDepth {
+			return false
+		}
+		s.depth++
+		ok := false
+		if c == '{' {
+			ok = s.object(k)
+		} else {
+			ok = s.array(k)
+		}
+		s.depth--
+		return ok
 	case c == '"':
 		str, ok := s.str()
 		return ok && k.str(str)
@@ -703,16 +757,21 @@ func compileAtoms(p string) []atom {
 		switch c := p[i]; {
 		case c == '[':
 			j := strings.IndexByte(p[i:], ']')
-			if j < 0 || i+1 < len(p) && p[i+1] == '^' {
+			// Refused: a negated class, and one whose ] comes first (a
+			// literal ] to the regexp).
+			if j < 0 || i+1 < len(p) && (p[i+1] == '^' || p[i+1] == ']') {
 				return nil
 			}
 			set := p[i+1 : i+j]
+			if strings.ContainsAny(set, "\\[") || strings.IndexFunc(set, func(r rune) bool { return r >= 0x80 }) >= 0 {
+				return nil
+			}
 			for k := 0; k < len(set); k++ {
 				lo := set[k]
-				if lo == '\\' || lo >= 0x80 {
-					return nil
-				}
 				if k+2 < len(set) && set[k+1] == '-' {
+					if set[k+2] < lo {
+						return nil
+					}
 					for b := int(lo); b <= int(set[k+2]); b++ {
 						a.in[b] = true
 					}
@@ -749,12 +808,12 @@ func compileAtoms(p string) []atom {
 					return nil
 				}
 				lo, hi, two := strings.Cut(p[i+1:i+j], ",")
-				m, err1 := strconv.Atoi(lo)
-				n, err2 := strconv.Atoi(hi)
+				m, ok1 := count(lo)
+				n, ok2 := count(hi)
 				if !two {
-					n, err2 = m, nil
+					n, ok2 = m, true
 				}
-				if err1 != nil || err2 != nil || m > n {
+				if !ok1 || !ok2 || m > n {
 					return nil
 				}
 				a.min, a.max = m, n
@@ -764,6 +823,16 @@ func compileAtoms(p string) []atom {
 		atoms = append(atoms, a)
 	}
 	return atoms
+}
+
+// count reads a repetition count as the regexp does: decimal digits, no
+// sign, no leading zero, at most 1000.
+func count(s string) (int, bool) {
+	if s == "" || len(s) > 4 || s[0] == '0' && len(s) > 1 || !digits([]byte(s)) {
+		return 0, false
+	}
+	n, err := strconv.Atoi(s)
+	return n, err == nil && n <= 1000
 }
 
 // matchAtoms matches v against atoms greedily, without backtracking: a

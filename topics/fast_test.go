@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/fstest"
 )
 
 // merged is a node's checks with those of its $refs and allOf folded in:
@@ -291,7 +292,10 @@ func TestAtomsMatchLikeTheRegexp(t *testing.T) {
 			}
 		}
 	}
-	for _, p := range []string{`^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$`, `^-?[0-9]+(\.[0-9]+)?$`, `^[^a]$`, `a$`, `^a|b$`} {
+	for _, p := range []string{`^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$`, `^-?[0-9]+(\.[0-9]+)?$`, `^[^a]$`, `a$`, `^a|b$`,
+		// Read otherwise by the regexp: literal braces, a ] first in a
+		// class, an escape in a class.
+		`^a{01}$`, `^a{+1}$`, `^a{-1,2}$`, `^a{1,2000}$`, `^[]?a[b]$`, `^[!-\x30]$`, `^[a\]]$`} {
 		if compileAtoms(p) != nil {
 			t.Errorf("%s compiled to atoms; it is for the regexp", p)
 		}
@@ -311,5 +315,65 @@ func BenchmarkValidateSale(b *testing.B) {
 		if err := Validate("tally.sale.created.v1", payload); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestDeepNestingGoesToTheGeneralValidator: the fast check reads a bounded
+// depth, so a payload nested past it (valid JSON or not, closed or not)
+// costs it no stack, and what json.Unmarshal refuses it never accepts.
+func TestDeepNestingGoesToTheGeneralValidator(t *testing.T) {
+	t.Parallel()
+	base := `{"id":"c","name":"n","email":"a@b","created_at":"2025-01-01T00:00:00Z","updated_at":"2025-01-01T00:00:00Z","x":`
+	for name, payload := range map[string]string{
+		"past json's limit":   base + strings.Repeat("[", 10001) + strings.Repeat("]", 10001) + "}",
+		"unclosed, 1 MiB":     base + strings.Repeat(`{"x":[`, 1<<20/6),
+		"within the bound":    base + strings.Repeat("[", 40) + strings.Repeat("]", 40) + "}",
+		"just past the bound": base + strings.Repeat("[", maxDepth) + strings.Repeat("]", maxDepth) + "}",
+	} {
+		ok := fast["tally.customer.created.v1"].valid([]byte(payload))
+		var doc any
+		if ok && json.Unmarshal([]byte(payload), &doc) != nil {
+			t.Errorf("%s: the fast check accepts what json.Unmarshal refuses", name)
+		}
+		if want := name == "within the bound"; ok != want {
+			t.Errorf("%s: the fast check says %v, want %v", name, ok, want)
+		}
+	}
+	if err := Validate("tally.customer.created.v1", []byte(base+strings.Repeat("[", 10001)+strings.Repeat("]", 10001)+"}")); err == nil {
+		t.Error("Validate accepts a payload json.Unmarshal refuses")
+	}
+}
+
+// TestFastCheckRefusesToCompileWhatItCannotHonour: an unknown keyword, an
+// empty enum (which nothing passes) and a cycle of references either fail
+// to compile or compile to a check that refuses.
+func TestFastCheckRefusesToCompileWhatItCannotHonour(t *testing.T) {
+	t.Parallel()
+	for name, schema := range map[string]string{
+		"unknown keyword": `{"oneOf": [{"type": "string"}]}`,
+		"empty enum":      `{"enum": []}`,
+	} {
+		fsys := fstest.MapFS{"schemas/t.json": {Data: []byte(schema)}}
+		if _, err := compileFast(fsys); err == nil {
+			t.Errorf("%s: compiled", name)
+		}
+	}
+	for _, schema := range []string{
+		`{"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}`,
+		`{"$defs": {"a": {"type": "object", "$ref": "#/$defs/b"}, "b": {"minProperties": 0, "allOf": [{"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"}`,
+	} {
+		if _, err := compileFast(fstest.MapFS{"schemas/t.json": {Data: []byte(schema)}}); err == nil {
+			t.Errorf("a cycle of references compiled: %s", schema)
+		}
+	}
+	// A recursive schema through properties compiles: each level is
+	// deeper in the payload.
+	tree := `{"$defs": {"node": {"type": "object", "properties": {"child": {"$ref": "#/$defs/node"}}}}, "$ref": "#/$defs/node"}`
+	k, err := compileFast(fstest.MapFS{"schemas/t.json": {Data: []byte(tree)}})
+	if err != nil {
+		t.Fatalf("a tree: %v", err)
+	}
+	if !k["t"].valid([]byte(`{"child": {"child": {}}}`)) || k["t"].valid([]byte(`{"child": {"child": 1}}`)) {
+		t.Error("the tree's check is wrong")
 	}
 }
