@@ -146,6 +146,11 @@ func TestEmailFollowsEvents(t *testing.T) {
 		event(t, "tally.invoice.overdue.v1", "i3", invoice("i3", "open", 0, obj{"kind": "overdue", "step": 1,
 			"days_past_due": 1, "sent_on": "2025-04-01", "skipped_steps": []int{}})),
 		eventAt(t, "tally.invoice.paid.v1", "i3", 3, paid(invoice("i3", "paid", 1000, nil))),
+		// A reminder applied after its invoice's payment (a retry, a
+		// replay from the dead-letter queue): never queued.
+		eventAt(t, "tally.invoice.paid.v1", "i4", 3, paid(invoice("i4", "paid", 1000, nil))),
+		eventAt(t, "tally.invoice.reminder_sent.v1", "i4", 2, invoice("i4", "open", 0, obj{"kind": "reminder", "step": -3,
+			"days_past_due": -3, "sent_on": "2025-03-28", "skipped_steps": []int{}})),
 	}
 	cl := testenv.Client(t, seeds)
 	// Each record twice, as a relay that crashed after publishing sends it.

@@ -127,7 +127,7 @@ func Group(opts ...Option) *consumer.Group {
 	for typ, why := range map[string]string{"tally.invoice.paid.v1": "the invoice was paid",
 		"tally.invoice.voided.v1": "the invoice was voided", "tally.invoice.deleted.v1": "the invoice was deleted"} {
 		handle(typ, func(_ context.Context, tx consumer.Tx, e consumer.Event[payload]) error {
-			mail.CancelInvoiceNotices(tx, e.Subject, why+" before the notice went out")
+			mail.SettleInvoice(tx, e.Subject, why+" before the notice went out")
 			return nil
 		})
 	}

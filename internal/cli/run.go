@@ -325,7 +325,7 @@ func newMailSender(p *process) (*mail.Sender, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := []mail.SMTPOpt{mail.WithTLS(p.cfg.SMTPTLS)}
+	opts := []mail.SMTPOpt{mail.WithTLS(p.cfg.SMTPTLS), mail.WithHelo(p.cfg.SMTPHelo)}
 	if p.cfg.SMTPUsername != "" {
 		opts = append(opts, mail.WithAuth(p.cfg.SMTPUsername, p.cfg.SMTPPassword))
 	}

@@ -98,6 +98,8 @@ type Config struct {
 	// SMTPTLS is the TLS mode: opportunistic, starttls, tls or none (see
 	// internal/mail).
 	SMTPTLS string
+	// SMTPHelo is the name given in EHLO; empty takes the host's name.
+	SMTPHelo string
 	// MailTemplates is a directory whose KIND.txt and KIND.html replace the
 	// built-in templates of that kind; empty keeps them all.
 	MailTemplates string
@@ -336,6 +338,9 @@ var settings = []Setting{
 			}
 			return fmt.Errorf("want %s, %s, %s or %s", mail.TLSOpportunistic, mail.TLSStartTLS, mail.TLSImplicit, mail.TLSNone)
 		}},
+	{"TALLY_SMTP_HELO", "smtp-helo", "name given to the SMTP server in EHLO (relays may want a fully qualified domain name); empty: the host's name",
+		func(c *Config) string { return c.SMTPHelo },
+		func(c *Config, v string) error { c.SMTPHelo = v; return nil }},
 	{"TALLY_MAIL_TEMPLATES", "mail-templates", "directory whose KIND.txt and KIND.html (welcome, receipt, reminder, overdue, endpoint_disabled) replace the built-in email templates",
 		func(c *Config) string { return c.MailTemplates },
 		func(c *Config, v string) error { c.MailTemplates = v; return nil }},

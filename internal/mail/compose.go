@@ -24,7 +24,10 @@ var lineBreaks = strings.NewReplacer("\r\n", "\r\n", "\r", "\r\n", "\n", "\r\n")
 // so no value can end its header and start another.
 func compose(from, to mail.Address, subject, text, html, messageID string, date time.Time) ([]byte, error) {
 	var b bytes.Buffer
-	h := func(k, v string) { fmt.Fprintf(&b, "%s: %s\r\n", k, v) }
+	// An encoded header is a run of encoded-words, each at most 75 bytes;
+	// folding between them keeps every line far under RFC 5322's 998
+	// octets, whatever the length of a name or a subject.
+	h := func(k, v string) { fmt.Fprintf(&b, "%s: %s\r\n", k, strings.ReplaceAll(v, "?= =?", "?=\r\n =?")) }
 	h("From", from.String())
 	h("To", to.String())
 	// The subject is made one line of single spaces, whatever the data:

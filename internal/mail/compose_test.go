@@ -19,12 +19,19 @@ func FuzzCompose(f *testing.F) {
 	f.Add("Ada Lovelace", "Welcome, Ada", "Hello\nAda", "<p>Hello</p>")
 	f.Add("Zoë \"Z\" <z@evil>\r\nBcc: x@evil", "Hi\r\nBcc: x@evil", "line\r\n.\r\nQUIT", "=?utf-8?q?x?=")
 	f.Add("", "", "", "")
+	f.Add(strings.Repeat("😀", 200), strings.Repeat("é", 300), "x", "y")
 	f.Fuzz(func(t *testing.T, name, subject, text, html string) {
 		from := netmail.Address{Name: "Tally", Address: "billing@example.com"}
 		to := netmail.Address{Name: name, Address: "ada@example.com"}
 		msg, err := compose(from, to, subject, text, html, "<id@example.com>", time.Unix(1614265330, 0).UTC())
 		if err != nil {
 			t.Fatal(err)
+		}
+		head, _, _ := strings.Cut(string(msg), "\r\n\r\n")
+		for _, line := range strings.Split(head, "\r\n") {
+			if len(line) > 998 {
+				t.Fatalf("a header line of %d octets, more than RFC 5322's 998: %.80q…", len(line), line)
+			}
 		}
 		m, err := netmail.ReadMessage(strings.NewReader(string(msg)))
 		if err != nil {

@@ -125,7 +125,7 @@ func Resend(ctx context.Context, db DB, id int64, now time.Time) (Record, error)
 func Prune(ctx context.Context, db DB, before time.Time, limit int) (int64, error) {
 	ct, err := db.Exec(ctx, `WITH old AS (
 			SELECT id FROM mail_messages WHERE status <> 'pending' AND completed_at < $1 ORDER BY completed_at LIMIT $2)
-		DELETE FROM mail_messages m USING old WHERE m.id = old.id`, before, limit)
+		DELETE FROM mail_messages m USING old WHERE m.id = old.id AND m.status <> 'pending' AND m.completed_at < $1`, before, limit)
 	if err != nil {
 		return 0, fmt.Errorf("pruning mail messages: %w", err)
 	}

@@ -57,8 +57,9 @@ type Message struct {
 	// CustomerID's address at sending time is.
 	To         Address
 	CustomerID string
-	// InvoiceID is the invoice a reminder or an overdue notice is about:
-	// CancelInvoiceNotices cancels the invoice's notices still pending.
+	// InvoiceID is the invoice the message is about. Once SettleInvoice has
+	// settled it, its reminders and overdue notices are not queued, and
+	// those still pending are cancelled; other kinds are not concerned.
 	InvoiceID string
 	Data      map[string]any
 }
@@ -92,16 +93,19 @@ func Queue(q Queuer, m Message, at time.Time) error {
 		return fmt.Errorf("mail: the data of message %s: %w", m.Key, err)
 	}
 	q.Queue(`INSERT INTO mail_messages (key, kind, event_id, to_name, to_email, customer_id, invoice_id, data, created_at, next_attempt_at)
-		VALUES ($1, $2, $3, nullif($4, ''), nullif($5, ''), nullif($6, ''), nullif($7, ''), $8::jsonb, $9, $9)
+		SELECT $1, $2, $3, nullif($4, ''), nullif($5, ''), nullif($6, ''), nullif($7, ''), $8::jsonb, $9, $9
+		WHERE $2 NOT IN ('reminder', 'overdue') OR NOT EXISTS (SELECT 1 FROM mail_settled_invoices WHERE invoice_id = $7)
 		ON CONFLICT (key) DO NOTHING`,
 		m.Key, m.Kind, m.EventID, m.To.Name, m.To.Email, m.CustomerID, m.InvoiceID, string(b), at)
 	return nil
 }
 
-// CancelInvoiceNotices queues on q the cancellation of invoice's reminders
-// and overdue notices not yet sent, because of what reason says happened.
-// One being sent right now may still go out.
-func CancelInvoiceNotices(q Queuer, invoice, reason string) {
+// SettleInvoice queues on q the end of invoice's notices, because of what
+// reason says happened (paid, voided, deleted: for good): those not yet
+// sent are cancelled, and none is queued after. One being sent right now
+// may still go out.
+func SettleInvoice(q Queuer, invoice, reason string) {
+	q.Queue(`INSERT INTO mail_settled_invoices (invoice_id) VALUES ($1) ON CONFLICT DO NOTHING`, invoice)
 	q.Queue(`UPDATE mail_messages SET status = 'cancelled', last_error = $2, completed_at = now()
 		WHERE invoice_id = $1 AND status = 'pending' AND kind IN ('reminder', 'overdue')`, invoice, reason)
 }

@@ -121,6 +121,7 @@ type claimed struct {
 	attempts int // with this one
 	customer *string
 	to       Address
+	lease    time.Time // its leased_until: what the attempt's record is fenced by
 }
 
 // claimSQL leases at most $2 messages due at $1 until $3, the earliest due
@@ -141,13 +142,15 @@ RETURNING m.id, m.key, m.kind, m.data::text, m.attempts, m.customer_id,
 
 func (s *Sender) claim(ctx context.Context, n int) ([]claimed, error) {
 	now := s.now()
-	rows, err := s.pool.Query(ctx, claimSQL, now, n, now.Add(s.lease))
+	lease := now.Add(s.lease).Truncate(time.Microsecond)
+	rows, err := s.pool.Query(ctx, claimSQL, now, n, lease)
 	if err != nil {
 		return nil, fmt.Errorf("claiming mail messages: %w", err)
 	}
 	cs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (claimed, error) {
 		var c claimed
 		err := r.Scan(&c.id, &c.key, &c.kind, &c.data, &c.attempts, &c.customer, &c.to.Name, &c.to.Email)
+		c.lease = lease
 		return c, err
 	})
 	if err != nil {
@@ -172,11 +175,14 @@ func (p permanent) Unwrap() error { return p.error }
 func (s *Sender) attempt(ctx context.Context, c claimed) {
 	start := time.Now()
 	err := s.send(ctx, c)
-	if ctx.Err() != nil {
+	if err != nil && ctx.Err() != nil {
+		// Stopping cut the attempt short: release the message for the next
+		// sender, as if it had not been claimed. (One the server took is
+		// recorded sent, stopping or not.)
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if _, err := s.pool.Exec(rctx, `UPDATE mail_messages SET leased_until = NULL, next_attempt_at = $2,
-			attempts = attempts - 1 WHERE id = $1 AND status = 'pending'`, c.id, s.now()); err != nil {
+			attempts = attempts - 1 WHERE id = $1 AND status = 'pending' AND leased_until = $3`, c.id, s.now(), c.lease); err != nil {
 			s.log.Warn("mail: releasing a message", "message", c.key, "err", err)
 		}
 		return
@@ -199,16 +205,19 @@ func (s *Sender) attempt(ctx context.Context, c claimed) {
 	var q string
 	var args []any
 	switch outcome {
+	// Each record is fenced by the attempt's lease: a sender that outlived
+	// its lease (paused, its clock behind) while another claimed the
+	// message again records nothing.
 	case "sent":
 		// A message cancelled while it was being sent went out all the same.
 		q, args = `UPDATE mail_messages SET status = 'sent', leased_until = NULL, completed_at = $2, last_error = NULL
-			WHERE id = $1`, []any{c.id, s.now()}
+			WHERE id = $1 AND leased_until = $3`, []any{c.id, s.now(), c.lease}
 	case "failed":
 		q, args = `UPDATE mail_messages SET status = 'failed', leased_until = NULL, completed_at = $2, last_error = $3
-			WHERE id = $1 AND status = 'pending'`, []any{c.id, s.now(), err.Error()}
+			WHERE id = $1 AND status = 'pending' AND leased_until = $4`, []any{c.id, s.now(), err.Error(), c.lease}
 	default:
 		q, args = `UPDATE mail_messages SET leased_until = NULL, next_attempt_at = $2, last_error = $3
-			WHERE id = $1 AND status = 'pending'`, []any{c.id, *next, err.Error()}
+			WHERE id = $1 AND status = 'pending' AND leased_until = $4`, []any{c.id, *next, err.Error(), c.lease}
 	}
 	if _, err := s.pool.Exec(rctx, q, args...); err != nil {
 		// The lease lapses and the message is sent again.

@@ -9,6 +9,7 @@ import (
 	"net/mail"
 	"net/smtp"
 	"net/textproto"
+	"os"
 	"time"
 )
 
@@ -26,8 +27,12 @@ const (
 	TLSNone = "none"
 )
 
-// ErrRejected marks a permanent refusal by the SMTP server (a 5xx reply):
-// sending the same message again would be refused again.
+// ErrRejected marks a permanent refusal of a message by the SMTP server: a
+// 5xx reply to its recipient or to its content, which sending the same
+// message again would meet again. A 5xx to the session (the greeting,
+// EHLO, AUTH, MAIL FROM: a password rotated, a sender refused) is not one:
+// it is this side's configuration, and every message would meet it, so it
+// is retried like a server down rather than failing the whole queue.
 var ErrRejected = errors.New("mail: rejected by the SMTP server")
 
 // SMTP sends messages through one SMTP server (a relay or a submission
@@ -42,6 +47,7 @@ type SMTP struct {
 	mode      string
 	timeout   time.Duration
 	tlsConfig *tls.Config
+	helo      string
 }
 
 // SMTPOpt configures an SMTP client.
@@ -66,6 +72,11 @@ func WithTLSConfig(c *tls.Config) SMTPOpt { return func(s *SMTP) { s.tlsConfig =
 // included; default 30 s.
 func WithSMTPTimeout(d time.Duration) SMTPOpt { return func(s *SMTP) { s.timeout = d } }
 
+// WithHelo sets the name the client gives in EHLO; default the host's
+// name (os.Hostname), which relays that refuse a name that is not a fully
+// qualified domain want set.
+func WithHelo(name string) SMTPOpt { return func(s *SMTP) { s.helo = name } }
+
 // NewSMTP returns a client of the server at addr (host:port) sending as
 // from (an address, with or without a display name: "Tally
 // <billing@example.com>").
@@ -81,6 +92,11 @@ func NewSMTP(addr, from string, opts ...SMTPOpt) (*SMTP, error) {
 	s := &SMTP{addr: addr, host: host, from: *f, mode: TLSOpportunistic, timeout: 30 * time.Second}
 	for _, o := range opts {
 		o(s)
+	}
+	if s.helo == "" {
+		if s.helo, err = os.Hostname(); err != nil || s.helo == "" {
+			s.helo = "localhost"
+		}
 	}
 	switch s.mode {
 	case TLSOpportunistic, TLSStartTLS, TLSImplicit, TLSNone:
@@ -129,32 +145,32 @@ func (s *SMTP) Send(ctx context.Context, to string, msg []byte) error {
 	c, err := smtp.NewClient(conn, s.host)
 	if err != nil {
 		conn.Close()
-		return classify("greeting", err)
+		return fmt.Errorf("SMTP greeting: %w", err)
 	}
 	defer c.Close()
 	return s.converse(c, to, msg)
 }
 
 func (s *SMTP) converse(c *smtp.Client, to string, msg []byte) error {
-	if err := c.Hello("localhost"); err != nil {
-		return classify("EHLO", err)
+	if err := c.Hello(s.helo); err != nil {
+		return fmt.Errorf("SMTP EHLO: %w", err)
 	}
 	if s.mode == TLSOpportunistic || s.mode == TLSStartTLS {
 		if ok, _ := c.Extension("STARTTLS"); ok {
 			if err := c.StartTLS(s.tlsConfig); err != nil {
-				return classify("STARTTLS", err)
+				return fmt.Errorf("SMTP STARTTLS: %w", err)
 			}
 		} else if s.mode == TLSStartTLS {
-			return fmt.Errorf("%w: the server %s does not offer STARTTLS, which the TLS mode %s requires", ErrRejected, s.addr, TLSStartTLS)
+			return fmt.Errorf("the SMTP server %s does not offer STARTTLS, which the TLS mode %s requires", s.addr, TLSStartTLS)
 		}
 	}
 	if s.username != "" {
 		if err := c.Auth(smtp.PlainAuth("", s.username, s.password, s.host)); err != nil {
-			return classify("AUTH", err)
+			return fmt.Errorf("SMTP AUTH: %w", err)
 		}
 	}
 	if err := c.Mail(s.from.Address); err != nil {
-		return classify("MAIL FROM", err)
+		return fmt.Errorf("SMTP MAIL FROM: %w", err)
 	}
 	if err := c.Rcpt(to); err != nil {
 		return classify("RCPT TO", err)
@@ -164,7 +180,7 @@ func (s *SMTP) converse(c *smtp.Client, to string, msg []byte) error {
 		return classify("DATA", err)
 	}
 	if _, err := w.Write(msg); err != nil {
-		return classify("sending the message", err)
+		return fmt.Errorf("SMTP sending the message: %w", err)
 	}
 	if err := w.Close(); err != nil {
 		return classify("ending the message", err)
@@ -175,8 +191,9 @@ func (s *SMTP) converse(c *smtp.Client, to string, msg []byte) error {
 	return nil
 }
 
-// classify wraps err, from the SMTP command step, with ErrRejected when it
-// is a permanent (5xx) reply.
+// classify wraps err, from a step about the message itself (its
+// recipient, its content), with ErrRejected when it is a permanent (5xx)
+// reply.
 func classify(step string, err error) error {
 	var te *textproto.Error
 	if errors.As(err, &te) && te.Code >= 500 && te.Code < 600 {

@@ -89,6 +89,13 @@ func EnsureDatabase(ctx context.Context, url string) error {
 // Migrate brings the schema of the database at url to the latest migration.
 // Concurrent calls are safe: tern serialises them with an advisory lock.
 func Migrate(ctx context.Context, url string) (from, to int32, err error) {
+	return MigrateTo(ctx, url, -1)
+}
+
+// MigrateTo brings the schema of the database at url to migration version
+// (its number), up or down; -1 is the latest. Down is for stepping back a
+// release, and for tests of what a migration does to data already there.
+func MigrateTo(ctx context.Context, url string, version int32) (from, to int32, err error) {
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		return 0, 0, fmt.Errorf("connecting for migrations: %w", err)
@@ -108,10 +115,13 @@ func Migrate(ctx context.Context, url string) (from, to int32, err error) {
 	if from, err = m.GetCurrentVersion(ctx); err != nil {
 		return 0, 0, fmt.Errorf("reading schema version: %w", err)
 	}
-	if err := m.Migrate(ctx); err != nil {
+	if version < 0 {
+		version = int32(len(m.Migrations))
+	}
+	if err := m.MigrateTo(ctx, version); err != nil {
 		return from, 0, fmt.Errorf("migrating: %w", err)
 	}
-	return from, int32(len(m.Migrations)), nil
+	return from, version, nil
 }
 
 // redact names a connection target without its password.

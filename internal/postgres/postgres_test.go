@@ -96,3 +96,32 @@ func TestInvoicedCustomersCannotBeDeleted(t *testing.T) {
 		t.Errorf("deleting a customer without invoices: %v", err)
 	}
 }
+
+// Migration 012 gives the customers made before email existed their
+// addresses, and every migration since steps down and up again.
+func TestMailContactsBackfill(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := testenv.DatabaseURL(t)
+	if _, _, err := postgres.MigrateTo(ctx, url, 11); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `INSERT INTO customers (id, name, email, version, created_at, updated_at)
+		VALUES ('c1', 'Ada', 'ada@example.com', 3, now(), now())`); err != nil {
+		t.Fatal(err)
+	}
+	if _, to, err := postgres.Migrate(ctx, url); err != nil || to < 12 {
+		t.Fatalf("migrating up again: to %d, %v", to, err)
+	}
+	var name, email string
+	var seq int64
+	if err := conn.QueryRow(ctx, `SELECT name, email, sequence FROM mail_contacts WHERE customer_id = 'c1'`).Scan(&name, &email, &seq); err != nil ||
+		name != "Ada" || email != "ada@example.com" || seq != 3 {
+		t.Errorf("the contact: %q %q %d (%v), want Ada, ada@example.com, 3", name, email, seq, err)
+	}
+}

@@ -189,11 +189,12 @@ func RedeliverRange(ctx context.Context, db DB, endpoint string, since, until ti
 
 // Prune deletes at most limit deliveries that ended (succeeded or failed)
 // before before, the oldest first, with their attempts, and returns how
-// many. A delivery redelivered meanwhile is pending again, and kept.
+// many. A delivery redelivered meanwhile, even while Prune runs, is
+// pending again, and kept.
 func Prune(ctx context.Context, db DB, before time.Time, limit int) (int64, error) {
 	ct, err := db.Exec(ctx, `WITH old AS (
 			SELECT id FROM webhook_deliveries WHERE status <> 'pending' AND completed_at < $1 ORDER BY completed_at LIMIT $2)
-		DELETE FROM webhook_deliveries d USING old WHERE d.id = old.id`, before, limit)
+		DELETE FROM webhook_deliveries d USING old WHERE d.id = old.id AND d.status <> 'pending' AND d.completed_at < $1`, before, limit)
 	if err != nil {
 		return 0, fmt.Errorf("pruning webhook deliveries: %w", err)
 	}

@@ -326,9 +326,10 @@ func (r result) outcome() outcome {
 // attempt sends c once and records what happened.
 func (s *Sender) attempt(ctx context.Context, c claimed) {
 	r := s.send(ctx, c)
-	if ctx.Err() != nil {
-		// Stopping: the attempt was cut short, not answered. Release the
-		// delivery for the next sender, as if it had not been claimed.
+	if r.status == 0 && ctx.Err() != nil {
+		// Stopping cut the attempt short, unanswered: release the delivery
+		// for the next sender, as if it had not been claimed. (An answer
+		// is recorded, stopping or not.)
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if _, err := s.pool.Exec(rctx, `UPDATE webhook_deliveries SET leased_until = NULL, next_attempt_at = $2,

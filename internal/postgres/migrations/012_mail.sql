@@ -39,7 +39,21 @@ CREATE TABLE mail_contacts (
     sequence    bigint NOT NULL
 );
 
+-- The customers known before the group kept their addresses (email added
+-- to a running Tally): their latest versions, which their later events
+-- replace.
+INSERT INTO mail_contacts (customer_id, name, email, sequence)
+SELECT id, name, email, version FROM customers;
+
+-- The invoices paid, voided or deleted, whose reminders and overdue
+-- notices are not queued any more, however late their events arrive (a
+-- retry, a replay from the dead-letter queue).
+CREATE TABLE mail_settled_invoices (
+    invoice_id text PRIMARY KEY
+);
+
 ---- create above / drop below ----
 
+DROP TABLE mail_settled_invoices;
 DROP TABLE mail_contacts;
 DROP TABLE mail_messages;
