@@ -421,7 +421,7 @@ func (im *Importer) Import(ctx context.Context, f *File, opts Options) (Report, 
 	}
 	j.rep.ID = billing.NewID("imp")
 	if _, err := im.pool.Exec(ctx, `INSERT INTO imports (id, type, mode, status, filename, rows, started_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $7)`, j.rep.ID, j.rep.Type, j.rep.Mode, j.rep.Status, j.rep.Filename,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, now())`, j.rep.ID, j.rep.Type, j.rep.Mode, j.rep.Status, j.rep.Filename,
 		j.rep.Rows, j.rep.StartedAt); err != nil {
 		return Report{}, fmt.Errorf("recording the import: %w", err)
 	}
@@ -678,7 +678,8 @@ func Template(typ string) ([]byte, error) {
 const ReaperSource = "/tally/scheduler/imports"
 
 // ReapStale fails, at now, each import still running whose record was not
-// touched for staleAfter (see Heartbeat): its counts stay those of the
+// touched for staleAfter (see Heartbeat), by the database's clock, which
+// touches them: its counts stay those of the
 // batches it committed, and its tally.import.completed.v1 (status failed)
 // is written with it, so the imports of a process that died end as those
 // of one that failed. It returns how many it failed.
@@ -692,8 +693,8 @@ func ReapStale(ctx context.Context, pool *pgxpool.Pool, staleAfter time.Duration
 	rows, err := tx.Query(ctx, `UPDATE imports SET status = 'failed', updated_at = $1, finished_at = $1,
 			failure = 'no sign of the process importing it since ' || to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') ||
 				': it stopped before the end (the batches it committed stay; importing the file again completes it)'
-		WHERE status = 'running' AND updated_at < $2
-		RETURNING id, type, mode, filename, rows, created, duplicates, rejected, errors, failure, started_at`, now, now.Add(-staleAfter))
+		WHERE status = 'running' AND updated_at < now() - make_interval(secs => $2)
+		RETURNING id, type, mode, filename, rows, created, duplicates, rejected, errors, failure, started_at`, now, staleAfter.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("failing stale imports: %w", err)
 	}
