@@ -340,7 +340,13 @@ var settings = []Setting{
 		}},
 	{"TALLY_SMTP_HELO", "smtp-helo", "name given to the SMTP server in EHLO (relays may want a fully qualified domain name); empty: the host's name",
 		func(c *Config) string { return c.SMTPHelo },
-		func(c *Config, v string) error { c.SMTPHelo = v; return nil }},
+		func(c *Config, v string) error {
+			if strings.ContainsFunc(v, func(r rune) bool { return r <= ' ' || r > '~' }) {
+				return errors.New("want a host name: printable ASCII, no space")
+			}
+			c.SMTPHelo = v
+			return nil
+		}},
 	{"TALLY_MAIL_TEMPLATES", "mail-templates", "directory whose KIND.txt and KIND.html (welcome, receipt, reminder, overdue, endpoint_disabled) replace the built-in email templates",
 		func(c *Config) string { return c.MailTemplates },
 		func(c *Config, v string) error { c.MailTemplates = v; return nil }},

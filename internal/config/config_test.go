@@ -77,6 +77,7 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"TALLY_SMTP_ADDR", "smtp.example.com"},
 		{"TALLY_SMTP_FROM", "billing"},
 		{"TALLY_SMTP_TLS", "ssl"},
+		{"TALLY_SMTP_HELO", "mail.example.com\r\nRCPT TO:<x@evil>"},
 		{"TALLY_MAIL_OPERATOR", "ops at example"},
 		{"TALLY_DATA_DIR", ""},
 	} {

@@ -18,7 +18,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tally-dev/tally/internal/mail"
 	"github.com/tally-dev/tally/internal/mail/smtptest"
@@ -210,14 +209,15 @@ func TestTransientFailuresAreRetriedAndPermanentOnesAreNot(t *testing.T) {
 		t.Errorf("the server took %d messages, want 1", n)
 	}
 	for outcome, want := range map[string]float64{"sent": 1, "deferred": 2, "failed": 2} {
-		if got := testutil.ToFloat64(counter(t, reg, outcome)); got != want {
+		if got := counter(t, reg, outcome); got != want {
 			t.Errorf("tally_mail_messages_total{kind=welcome,outcome=%s} is %v, want %v", outcome, got, want)
 		}
 	}
 }
 
-// counter finds tally_mail_messages_total{kind="welcome",outcome} in reg.
-func counter(t *testing.T, reg *prometheus.Registry, outcome string) prometheus.Collector {
+// counter reads tally_mail_messages_total{kind="welcome",outcome} in reg,
+// 0 when it has no such series.
+func counter(t *testing.T, reg *prometheus.Registry, outcome string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -233,11 +233,11 @@ func counter(t *testing.T, reg *prometheus.Registry, outcome string) prometheus.
 				labels[l.GetName()] = l.GetValue()
 			}
 			if labels["kind"] == "welcome" && labels["outcome"] == outcome {
-				return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "x"}, func() float64 { return m.GetCounter().GetValue() })
+				return m.GetCounter().GetValue()
 			}
 		}
 	}
-	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "x"}, func() float64 { return 0 })
+	return 0
 }
 
 func TestServerDownFailsAfterTheSchedule(t *testing.T) {
@@ -331,15 +331,15 @@ func TestSTARTTLSAndAuth(t *testing.T) {
 	ctx := context.Background()
 	msg := []byte("Subject: x\r\n\r\nhello\r\n")
 	c, err := mail.NewSMTP(srv.Addr, "t@example.com", mail.WithTLS(mail.TLSStartTLS), mail.WithAuth("tally", "s3cret"),
-		mail.WithTLSConfig(tlsConfig(srv)))
+		mail.WithTLSConfig(tlsConfig(srv)), mail.WithHelo("mail.tally.example"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Send(ctx, "a@example.com", msg); err != nil {
 		t.Fatal(err)
 	}
-	if ms := srv.Messages(); len(ms) != 1 || !ms[0].TLS || ms[0].User != "tally" {
-		t.Errorf("messages %+v, want one over TLS by tally", ms)
+	if ms := srv.Messages(); len(ms) != 1 || !ms[0].TLS || ms[0].User != "tally" || ms[0].Helo != "mail.tally.example" {
+		t.Errorf("messages %+v, want one over TLS by tally, greeting as mail.tally.example", ms)
 	}
 
 	wrong, err := mail.NewSMTP(srv.Addr, "t@example.com", mail.WithAuth("tally", "guess"), mail.WithTLSConfig(tlsConfig(srv)))
@@ -362,6 +362,21 @@ func TestSTARTTLSAndAuth(t *testing.T) {
 	}
 	if n := len(plain.Messages()); n != 0 {
 		t.Errorf("the server without STARTTLS took %d messages", n)
+	}
+	// Without WithHelo, the client greets with the host's name.
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byDefault, err := mail.NewSMTP(plain.Addr, "t@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := byDefault.Send(ctx, "a@example.com", msg); err != nil {
+		t.Fatal(err)
+	}
+	if ms := plain.Messages(); len(ms) != 1 || ms[0].Helo != host {
+		t.Errorf("messages %+v, want one greeting as %q", ms, host)
 	}
 }
 

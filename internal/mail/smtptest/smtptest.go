@@ -28,6 +28,7 @@ type Message struct {
 	Data string // the message as sent, CRLF line ends, dot-stuffing undone
 	TLS  bool   // it came over TLS
 	User string // the AUTH PLAIN user, if any
+	Helo string // the name the client gave in EHLO or HELO
 }
 
 // Server is a running test server.
@@ -156,6 +157,7 @@ func (s *Server) session(c net.Conn) {
 		verb, arg, _ := strings.Cut(line, " ")
 		switch strings.ToUpper(verb) {
 		case "EHLO":
+			m.Helo = arg
 			ext := []string{"250-smtptest", "250-8BITMIME"}
 			if s.tls != nil && !m.TLS {
 				ext = append(ext, "250-STARTTLS")
@@ -169,7 +171,10 @@ func (s *Server) session(c net.Conn) {
 					return
 				}
 			}
-		case "HELO", "NOOP":
+		case "HELO":
+			m.Helo = arg
+			say(250, "ok")
+		case "NOOP":
 			say(250, "ok")
 		case "STARTTLS":
 			if s.tls == nil || m.TLS {
@@ -184,7 +189,7 @@ func (s *Server) session(c net.Conn) {
 				return
 			}
 			c, tp = tc, textproto.NewConn(tc)
-			m = Message{TLS: true}
+			m = Message{TLS: true, Helo: m.Helo}
 		case "AUTH":
 			mech, resp, _ := strings.Cut(arg, " ")
 			b, err := base64.StdEncoding.DecodeString(resp)
@@ -235,9 +240,9 @@ func (s *Server) session(c net.Conn) {
 			}
 			s.mu.Unlock()
 			say(code, text)
-			m = Message{TLS: m.TLS, User: m.User}
+			m = Message{TLS: m.TLS, User: m.User, Helo: m.Helo}
 		case "RSET":
-			m = Message{TLS: m.TLS, User: m.User}
+			m = Message{TLS: m.TLS, User: m.User, Helo: m.Helo}
 			say(250, "ok")
 		case "QUIT":
 			say(221, "bye")
